@@ -1,0 +1,187 @@
+"""Per-token pre-processing of the GDN block (spec 2.2) and the UCPE camera transforms (spec 4.3).
+
+Two ops, each with a pure-PyTorch fp32 reference here and a Triton version in `kernels.prep_triton`;
+the public functions pick Triton on CUDA and the reference elsewhere (same rule as `kernels.gdn`).
+
+* `gdn_prep`: full-channel RMSNorm -> ReLU -> key scale -> split heads -> interleaved RoPE, producing the
+  plain (denominator stream) and rotated (numerator stream) queries / keys in the scan layout.
+* `ucpe_prep`: the camera branch's per-ray transform of a [B, H, T, S, D] tensor: the first D/2 dims are
+  D/8 homogeneous 4-vectors multiplied by a 4x4 matrix built from the per-token pose P, the last D/2 dims
+  get the camera RoPE (inverse rotation for the output).
+
+RoPE convention (both ops): pairs (2j, 2j+1) rotate by angle theta_j,
+    y0 = x0 cos - x1 sin,   y1 = x0 sin + x1 cos      (the inverse uses -theta).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["gdn_prep", "ucpe_prep", "gdn_prep_reference", "ucpe_prep_reference", "UCPE_MODES",
+           "rigid_inverse"]
+
+UCPE_MODES = ("q", "kv", "out")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# References (fp32 math)
+# ----------------------------------------------------------------------------------------------------------
+def _rope_interleaved(x: Tensor, cos: Tensor, sin: Tensor, inverse: bool = False) -> Tensor:
+    """Rotate pairs (2j, 2j+1) of the last dim of x [..., 2n] by cos/sin [..., n] (broadcast)."""
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    if inverse:
+        sin = -sin
+    y0 = x0 * cos - x1 * sin
+    y1 = x0 * sin + x1 * cos
+    return torch.stack((y0, y1), dim=-1).flatten(-2)
+
+
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    x = x.float()
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+
+
+def gdn_prep_reference(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, rope_cos: Tensor,
+                       rope_sin: Tensor, *, num_heads: int, key_scale: float, eps: float = 1e-5,
+                       relu: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """fp32 PyTorch reference of `gdn_prep` (same arguments and results)."""
+    B, T, S, C = _check_prep(q, k, q_weight, k_weight, rope_cos, rope_sin, num_heads)
+    D = C // num_heads
+    qn = _rms_norm(q, q_weight, eps)
+    kn = _rms_norm(k, k_weight, eps)
+    if relu:
+        qn, kn = torch.relu(qn), torch.relu(kn)
+    kn = kn * key_scale
+    qh = qn.view(B, T, S, num_heads, D).permute(0, 3, 1, 2, 4).contiguous()
+    kh = kn.view(B, T, S, num_heads, D).permute(0, 3, 1, 2, 4).contiguous()
+    cos, sin = rope_cos.float()[None, None], rope_sin.float()[None, None]
+    return qh, kh, _rope_interleaved(qh, cos, sin), _rope_interleaved(kh, cos, sin)
+
+
+def rigid_inverse(P: Tensor) -> Tensor:
+    """Inverse of rigid 4x4 transforms [[A, b], [0, 1]] (A orthonormal): [[A^T, -A^T b], [0, 1]]."""
+    A = P[..., :3, :3]
+    b = P[..., :3, 3:]
+    At = A.transpose(-1, -2)
+    out = torch.zeros_like(P)
+    out[..., :3, :3] = At
+    out[..., :3, 3:] = -(At @ b)
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def ucpe_prep_reference(x: Tensor, P: Tensor, cam_cos: Tensor, cam_sin: Tensor, mode: str) -> Tensor:
+    """fp32 PyTorch reference of `ucpe_prep` (same arguments and result)."""
+    B, H, T, S, D = _check_ucpe(x, P, cam_cos, cam_sin, mode)
+    x = x.float()
+    P = P.float()
+    if mode == "q":
+        M = P.transpose(-1, -2)
+    elif mode == "kv":
+        M = rigid_inverse(P)
+    else:
+        M = P
+    half = D // 2
+    groups = x[..., :half].reshape(B, H, T, S, half // 4, 4)
+    # M [B, T, S, 4, 4] acts on each group: out_i = sum_j M_ij g_j.
+    g_out = torch.einsum("btsij,bhtsgj->bhtsgi", M, groups).reshape(B, H, T, S, half)
+    cos, sin = cam_cos.float()[None, None], cam_sin.float()[None, None]
+    r_out = _rope_interleaved(x[..., half:], cos, sin, inverse=(mode == "out"))
+    return torch.cat((g_out, r_out), dim=-1)
+
+
+def _check_prep(q, k, q_weight, k_weight, rope_cos, rope_sin, num_heads):
+    if q.dim() != 4 or k.shape != q.shape:
+        raise ValueError(f"gdn_prep: q and k must be [B, T, S, C] of one shape; got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}")
+    B, T, S, C = q.shape
+    if C % num_heads or (C // num_heads) % 2:
+        raise ValueError(f"gdn_prep: C={C} must split into {num_heads} heads of even size")
+    if q_weight.shape != (C,) or k_weight.shape != (C,):
+        raise ValueError(f"gdn_prep: norm weights must be [{C}]; got {tuple(q_weight.shape)}, "
+                         f"{tuple(k_weight.shape)}")
+    D = C // num_heads
+    if rope_cos.shape != (T, S, D // 2) or rope_sin.shape != (T, S, D // 2):
+        raise ValueError(f"gdn_prep: rope cos/sin must be [T, S, D/2] = {(T, S, D // 2)}; got "
+                         f"{tuple(rope_cos.shape)}, {tuple(rope_sin.shape)}")
+    return B, T, S, C
+
+
+def _check_ucpe(x, P, cam_cos, cam_sin, mode):
+    if mode not in UCPE_MODES:
+        raise ValueError(f"ucpe_prep: mode must be one of {UCPE_MODES}; got {mode!r}")
+    if x.dim() != 5:
+        raise ValueError(f"ucpe_prep: x must be [B, H, T, S, D]; got {tuple(x.shape)}")
+    B, H, T, S, D = x.shape
+    if D % 8:
+        raise ValueError(f"ucpe_prep: head dim {D} must be a multiple of 8")
+    if P.shape != (B, T, S, 4, 4):
+        raise ValueError(f"ucpe_prep: P must be [B, T, S, 4, 4] = {(B, T, S, 4, 4)}; got {tuple(P.shape)}")
+    if cam_cos.shape != (T, S, D // 4) or cam_sin.shape != (T, S, D // 4):
+        raise ValueError(f"ucpe_prep: cam cos/sin must be [T, S, D/4] = {(T, S, D // 4)}; got "
+                         f"{tuple(cam_cos.shape)}, {tuple(cam_sin.shape)}")
+    return B, H, T, S, D
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Public ops
+# ----------------------------------------------------------------------------------------------------------
+def _use_triton(x: Tensor, impl: str) -> bool:
+    if impl == "reference":
+        return False
+    if impl == "triton":
+        return True
+    if not x.is_cuda:
+        return False
+    try:
+        import kernels.prep_triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def gdn_prep(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, rope_cos: Tensor, rope_sin: Tensor, *,
+             num_heads: int, key_scale: float, eps: float = 1e-5, relu: bool = True,
+             impl: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """RMSNorm (full C) -> ReLU -> key scale -> heads -> RoPE for the GDN scans (spec 2.2 steps 3-5).
+
+    Args:
+        q, k: [B, T, S, C] raw projections (k already through the short conv), any float dtype.
+        q_weight, k_weight: [C] RMSNorm weights.
+        rope_cos, rope_sin: [T, S, D/2] interleaved-pair RoPE tables, D = C / num_heads.
+        num_heads: H.
+        key_scale: multiplies k after the ReLU (D^-1/2 S^-1/2 in SANA-WM).
+        eps: RMSNorm epsilon.
+        relu: apply ReLU after the norm.
+        impl: "auto" (Triton on CUDA), "triton" or "reference".
+    Returns:
+        (q, k, q_rot, k_rot), each [B, H, T, S, D] fp32: plain (z stream) and rotated (numerator stream).
+    """
+    if _use_triton(q, impl):
+        from kernels.prep_triton import gdn_prep_triton
+
+        return gdn_prep_triton(q, k, q_weight, k_weight, rope_cos, rope_sin, num_heads=num_heads,
+                               key_scale=key_scale, eps=eps, relu=relu)
+    return gdn_prep_reference(q, k, q_weight, k_weight, rope_cos, rope_sin, num_heads=num_heads,
+                              key_scale=key_scale, eps=eps, relu=relu)
+
+
+def ucpe_prep(x: Tensor, P: Tensor, cam_cos: Tensor, cam_sin: Tensor, mode: str, *,
+              impl: str = "auto") -> Tensor:
+    """UCPE per-ray transform of the camera branch (spec 4.3 step 3).
+
+    Args:
+        x: [B, H, T, S, D] features (D a multiple of 8), any float dtype.
+        P: [B, T, S, 4, 4] fp32 world -> ray-local rigid transform per token.
+        cam_cos, cam_sin: [T, S, D/4] camera RoPE tables for the last D/2 dims.
+        mode: "q" (groups g -> P^T g, RoPE), "kv" (g -> P^-1 g, RoPE) or "out" (g -> P g, inverse RoPE).
+            The first D/2 dims are D/8 groups of 4 consecutive dims.
+        impl: "auto" (Triton on CUDA), "triton" or "reference".
+    Returns:
+        [B, H, T, S, D] fp32.
+    """
+    if _use_triton(x, impl):
+        from kernels.prep_triton import ucpe_prep_triton
+
+        return ucpe_prep_triton(x, P, cam_cos, cam_sin, mode)
+    return ucpe_prep_reference(x, P, cam_cos, cam_sin, mode)

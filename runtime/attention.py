@@ -1,0 +1,195 @@
+"""Dual-branch self-attention of every block: a main branch (GDN or softmax) plus the UCPE camera branch,
+summed before the shared output gate and projection (spec sections 2, 3, 4.2-4.4).
+
+Both kinds share one parameter layout (the checkpoints keep the GDN gate parameters in softmax blocks too);
+only GDN blocks have the K short convolutions `conv_k` / `conv_k_cam`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kernels.gdn import gdn_bidirectional
+from kernels.prep import gdn_prep, ucpe_prep
+from runtime.cache import GDNBlockCache, SoftmaxBlockCache
+from runtime.config import ModelConfig
+from runtime.norms import RMSNorm
+from runtime.short_conv import bidirectional_short_conv, next_left_context
+
+# SiLU(1.278464542761074) = 1: the output gate starts as identity.
+OUTPUT_GATE_BIAS = 1.278464542761074
+
+
+@dataclass
+class FrameContext:
+    """What every block needs to know about the frames of one forward call."""
+
+    chunks: tuple[tuple[int, int], ...]
+    """(start, end) local frame ranges; one chunk = bidirectional over the call."""
+    grid: tuple[int, int]
+    """Latent (height, width)."""
+    rope: tuple[Tensor, Tensor]
+    """Main-branch RoPE cos / sin [T, S, D/2] at absolute frame positions."""
+    cam_rope: tuple[Tensor, Tensor]
+    """Camera-branch RoPE cos / sin [T, S, D/4]."""
+    rays: Tensor
+    """UCPE world-to-ray matrices [B, T, S, 4, 4] fp32."""
+    softmax_mask: Tensor | None
+    """Bool [N, N] chunk-causal mask with sink and window for multi-chunk calls, else None."""
+    write_cache: bool = False
+    """This is the clean pass that writes the streaming caches."""
+
+
+def _heads(x: Tensor, num_heads: int) -> Tensor:
+    """[B, T, S, C] -> [B, H, T, S, D]."""
+    B, T, S, C = x.shape
+    return x.view(B, T, S, num_heads, C // num_heads).permute(0, 3, 1, 2, 4)
+
+
+def _tokens(x: Tensor) -> Tensor:
+    """[B, H, T, S, D] -> [B, T, S, H*D]."""
+    B, H, T, S, D = x.shape
+    return x.permute(0, 2, 3, 1, 4).reshape(B, T, S, H * D)
+
+
+class CameraAttention(nn.Module):
+    """Parameters shared by both block kinds (names as in the official checkpoints)."""
+
+    def __init__(self, cfg: ModelConfig, has_short_conv: bool):
+        super().__init__()
+        C, H = cfg.hidden_size, cfg.num_heads
+        self.cfg = cfg
+        self.num_heads = H
+        self.head_dim = cfg.head_dim
+        self.qkv = nn.Linear(C, 3 * C, bias=False)
+        self.proj = nn.Linear(C, C)
+        self.q_norm = RMSNorm(C, eps=1e-5)
+        self.k_norm = RMSNorm(C, eps=1e-5)
+        self.beta_proj = nn.Linear(C, H)
+        self.gate_proj = nn.Linear(C, H)
+        self.A_log = nn.Parameter(torch.zeros(H))
+        self.dt_bias = nn.Parameter(torch.full((H,), -5.0))
+        self.register_buffer("recall_gate", torch.zeros(1))
+        self.output_gate = nn.Linear(C, C)
+        nn.init.zeros_(self.output_gate.weight)
+        nn.init.constant_(self.output_gate.bias, OUTPUT_GATE_BIAS)
+        self.q_proj_cam = nn.Linear(C, C)
+        self.k_proj_cam = nn.Linear(C, C)
+        self.v_proj_cam = nn.Linear(C, C)
+        self.out_proj_cam = nn.Linear(C, C)
+        nn.init.zeros_(self.out_proj_cam.weight)
+        nn.init.zeros_(self.out_proj_cam.bias)
+        self.q_norm_cam = RMSNorm(C, eps=1e-5)
+        self.k_norm_cam = RMSNorm(C, eps=1e-5)
+        if has_short_conv:
+            K = cfg.conv_kernel_size
+            self.conv_k = nn.Conv1d(C, C, K, groups=C, bias=False)
+            self.conv_k_cam = nn.Conv1d(C, C, K, groups=C, bias=False)
+            for conv in (self.conv_k, self.conv_k_cam):   # identity: last tap 1
+                nn.init.zeros_(conv.weight)
+                with torch.no_grad():
+                    conv.weight[:, 0, -1] = 1.0
+
+    def gates(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """beta [B, H, T, S] per token and decay g [B, H, T] per frame, from the block input."""
+        beta = torch.sigmoid(self.beta_proj(x).float()).permute(0, 3, 1, 2)
+        pooled = self.gate_proj(x.mean(dim=2)).float()                     # [B, T, H]
+        g = torch.exp(-torch.exp(self.A_log.float()) * F.softplus(pooled + self.dt_bias.float()))
+        return beta, g.permute(0, 2, 1)
+
+    def combine(self, x: Tensor, main: Tensor, cam: Tensor) -> Tensor:
+        gate = F.silu(self.output_gate(x).float())
+        return self.proj(((main.float() + cam.float()) * gate).to(x.dtype))
+
+    def camera_qkv(self, x: Tensor, ctx: FrameContext, relu: bool, key_scale: float, chunks_conv: bool):
+        """Camera-branch q', k', v' [B, H, T, S, D] after norms, (ReLU, key scale) and UCPE, plus the
+        pre-UCPE keys (for the beta discount)."""
+        qc, kc, vc = self.q_proj_cam(x), self.k_proj_cam(x), self.v_proj_cam(x)
+        if chunks_conv:
+            # The camera K conv is bidirectional inside each chunk and carries nothing across chunks.
+            kc = bidirectional_short_conv(kc, self.conv_k_cam.weight, ctx.chunks, causal_across_chunks=False)
+        qh, kh, _, _ = gdn_prep(qc, kc, self.q_norm_cam.weight, self.k_norm_cam.weight, *ctx.rope,
+                                num_heads=self.num_heads, key_scale=key_scale, relu=relu)
+        vh = _heads(vc, self.num_heads).float()
+        qp = ucpe_prep(qh, ctx.rays, *ctx.cam_rope, "q")
+        kp = ucpe_prep(kh, ctx.rays, *ctx.cam_rope, "kv")
+        vp = ucpe_prep(vh, ctx.rays, *ctx.cam_rope, "kv")
+        return qp, kp, vp, kh
+
+
+class GDNAttention(CameraAttention):
+    """Frame-wise Gated DeltaNet main branch + numerator-only delta-rule camera branch."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg, has_short_conv=True)
+        self.key_scale = 1.0 / math.sqrt(cfg.head_dim * cfg.tokens_per_frame)
+
+    def forward(self, x: Tensor, ctx: FrameContext, cache: GDNBlockCache | None = None) -> Tensor:
+        """x [B, T, S, C] (modulated block input) -> [B, T, S, C]."""
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        write = cache is not None and ctx.write_cache
+        k_conv = bidirectional_short_conv(k, self.conv_k.weight, ctx.chunks, causal_across_chunks=True,
+                                          left_context=None if cache is None else cache.conv_k)
+        if write:
+            cache.conv_k.copy_(next_left_context(k, cache.conv_k))
+        beta, g = self.gates(x)
+        qh, kh, q_rot, k_rot = gdn_prep(q, k_conv, self.q_norm.weight, self.k_norm.weight, *ctx.rope,
+                                        num_heads=self.num_heads, key_scale=self.key_scale)
+        vh = _heads(v, self.num_heads)
+        main, final = gdn_bidirectional(
+            qh, kh, vh, beta, g, q_rot=q_rot, k_rot=k_rot, with_z=True, eps=self.cfg.gdn_eps,
+            initial_state=None if cache is None else (cache.state, cache.z), output_final_state=write,
+            chunks=ctx.chunks)
+        if write:
+            cache.state.copy_(final[0])
+            cache.z.copy_(final[1])
+        cam = self.camera_branch(x, ctx, beta, g, cache, write)
+        return self.combine(x, _tokens(main), cam)
+
+    def camera_branch(self, x, ctx, beta, g, cache, write) -> Tensor:
+        qp, kp, vp, kh = self.camera_qkv(x, ctx, relu=True, key_scale=self.key_scale, chunks_conv=True)
+        # Dynamic beta discount: the UCPE transform inflates key norms; damp the write strength to match.
+        inflation = (kp.pow(2).sum(-1) / kh.pow(2).sum(-1).clamp_min(1e-12)).mean(-1)     # [B, H, T]
+        beta_cam = beta / inflation.clamp_min(1.0)[..., None]
+        out, final = gdn_bidirectional(
+            qp, kp, vp, beta_cam, g, with_z=False, initial_state=None if cache is None else (cache.cam_state, None),
+            output_final_state=write, chunks=ctx.chunks)
+        if write:
+            cache.cam_state.copy_(final[0])
+        out = ucpe_prep(out, ctx.rays, *ctx.cam_rope, "out")
+        return self.out_proj_cam(_tokens(out).to(x.dtype))
+
+
+class SoftmaxAttention(CameraAttention):
+    """Softmax attention main branch + UCPE softmax camera branch, with sink + window K/V when streaming."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg, has_short_conv=False)
+        self.main_scale = 1.0 / math.sqrt(cfg.main_softmax_scale_dim)
+        self.cam_scale = 1.0 / math.sqrt(cfg.cam_softmax_scale_dim)
+
+    def forward(self, x: Tensor, ctx: FrameContext, cache: SoftmaxBlockCache | None = None) -> Tensor:
+        B, T, S, C = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        _, _, q_rot, k_rot = gdn_prep(q, k, self.q_norm.weight, self.k_norm.weight, *ctx.rope,
+                                      num_heads=self.num_heads, key_scale=1.0, relu=False)
+        dtype = x.dtype
+        qm, km, vm = (t.flatten(2, 3).to(dtype) for t in (q_rot, k_rot, _heads(v, self.num_heads)))
+        qp, kp, vp, _ = self.camera_qkv(x, ctx, relu=False, key_scale=1.0, chunks_conv=False)
+        qc, kc, vc = (t.flatten(2, 3).to(dtype) for t in (qp, kp, vp))
+        if cache is not None:
+            km_all, vm_all, kc_all, vc_all = cache.context(km, vm, kc, vc)
+            if ctx.write_cache:
+                cache.write(km, vm, kc, vc)
+        else:
+            km_all, vm_all, kc_all, vc_all = km, vm, kc, vc
+        mask = ctx.softmax_mask
+        main = F.scaled_dot_product_attention(qm, km_all, vm_all, attn_mask=mask, scale=self.main_scale)
+        cam = F.scaled_dot_product_attention(qc, kc_all, vc_all, attn_mask=mask, scale=self.cam_scale)
+        cam = ucpe_prep(cam.unflatten(2, (T, S)), ctx.rays, *ctx.cam_rope, "out")
+        cam = self.out_proj_cam(_tokens(cam).to(dtype))
+        return self.combine(x, _tokens(main.unflatten(2, (T, S))), cam)

@@ -1,0 +1,127 @@
+"""Streaming state carried from chunk to chunk, preallocated so its size never grows with the walk.
+
+Per GDN block: the forward scan states (main S and z, camera S), the K short-conv left context (last K-1
+conv inputs) and the FFN temporal-conv last frame. Per softmax block: post-RoPE main K/V and post-UCPE
+camera K/V for the sink chunk plus a ring of the most recent chunks, and the FFN last frame.
+(spec sections 2.5 and 3; official num_cached_blocks = `kv_cache_chunks`, counting the sink when on).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from runtime.config import ModelConfig
+
+
+@dataclass
+class GDNBlockCache:
+    state: Tensor      # [B, H, D, D] fp32
+    z: Tensor          # [B, H, D] fp32
+    cam_state: Tensor  # [B, H, D, D] fp32
+    conv_k: Tensor     # [B, K-1, S, C]
+    tconv: Tensor      # [B, S, C]
+
+    def tensors(self) -> dict[str, Tensor]:
+        return {"state": self.state, "z": self.z, "cam_state": self.cam_state, "conv_k": self.conv_k,
+                "tconv": self.tconv}
+
+
+@dataclass
+class SoftmaxBlockCache:
+    """K/V of past chunks: a permanent sink (first chunk) and a ring of the most recent chunks."""
+
+    sink: Tensor | None  # [4, B, H, first*S, D]: main K, main V, camera K, camera V
+    ring: Tensor         # [slots, 4, B, H, slot_frames*S, D]
+    tconv: Tensor        # [B, S, C]
+    tokens_per_frame: int
+    sink_tokens: int = 0
+    ring_tokens: list[int] = field(default_factory=list)   # valid tokens per slot, 0 = empty
+    ring_age: list[int] = field(default_factory=list)      # chunk index held by each slot, -1 = empty
+    chunks_written: int = 0
+
+    def context(self, km: Tensor, vm: Tensor, kc: Tensor, vc: Tensor) -> tuple[Tensor, ...]:
+        """Keys / values to attend: cached chunks followed by the current chunk's, per stream."""
+        parts = []
+        if self.sink is not None and self.sink_tokens:
+            parts.append(self.sink[:, :, :, : self.sink_tokens])
+        for slot in sorted((i for i, n in enumerate(self.ring_tokens) if n), key=lambda i: self.ring_age[i]):
+            parts.append(self.ring[slot][:, :, :, : self.ring_tokens[slot]])
+        current = torch.stack([km, vm, kc, vc])
+        allkv = torch.cat(parts + [current], dim=3) if parts else current
+        return tuple(allkv.unbind(0))
+
+    def write(self, km: Tensor, vm: Tensor, kc: Tensor, vc: Tensor) -> None:
+        current = torch.stack([km, vm, kc, vc])
+        n = current.shape[3]
+        if self.sink is not None and self.chunks_written == 0:
+            self.sink[:, :, :, :n].copy_(current)
+            self.sink_tokens = n
+        elif self.ring_age:
+            slot = self.ring_age.index(-1) if -1 in self.ring_age else self.ring_age.index(min(self.ring_age))
+            self.ring[slot][:, :, :, :n].copy_(current)
+            self.ring_tokens[slot] = n
+            self.ring_age[slot] = self.chunks_written
+        self.chunks_written += 1
+
+    def tensors(self) -> dict[str, Tensor]:
+        out = {"ring": self.ring, "tconv": self.tconv}
+        if self.sink is not None:
+            out["sink"] = self.sink
+        return out
+
+
+class StreamCache:
+    """All blocks' carried state plus the position of the walk."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, device, dtype):
+        S, C, H, D = cfg.tokens_per_frame, cfg.hidden_size, cfg.num_heads, cfg.head_dim
+        self.cfg = cfg
+        self.blocks: list[GDNBlockCache | SoftmaxBlockCache] = []
+        ring_slots = cfg.kv_cache_chunks - 1 if cfg.sink else cfg.kv_cache_chunks
+        slot_frames = cfg.chunk_size if cfg.sink else max(cfg.chunk_size, cfg.first_chunk_size)
+        for i in range(cfg.depth):
+            tconv = torch.zeros(batch, S, C, device=device, dtype=dtype)
+            if i in cfg.softmax_blocks:
+                sink = (torch.zeros(4, batch, H, cfg.first_chunk_size * S, D, device=device, dtype=dtype)
+                        if cfg.sink else None)
+                ring = torch.zeros(ring_slots, 4, batch, H, slot_frames * S, D, device=device, dtype=dtype)
+                self.blocks.append(SoftmaxBlockCache(sink, ring, tconv, S, ring_tokens=[0] * ring_slots,
+                                                     ring_age=[-1] * ring_slots))
+            else:
+                f32 = dict(device=device, dtype=torch.float32)
+                self.blocks.append(GDNBlockCache(
+                    state=torch.zeros(batch, H, D, D, **f32), z=torch.zeros(batch, H, D, **f32),
+                    cam_state=torch.zeros(batch, H, D, D, **f32),
+                    conv_k=torch.zeros(batch, cfg.conv_kernel_size - 1, S, C, device=device, dtype=dtype),
+                    tconv=tconv))
+        self.chunks_done = 0
+        self.frames_done = 0   # latent frames whose caches are written
+
+    def advance(self, frames: int) -> None:
+        self.chunks_done += 1
+        self.frames_done += frames
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for b in self.blocks for t in b.tensors().values())
+
+    def snapshot(self) -> dict:
+        """A deep copy of the state (tensors cloned), for rewinding and branching a walk."""
+        blocks = []
+        for b in self.blocks:
+            entry = {k: v.clone() for k, v in b.tensors().items()}
+            if isinstance(b, SoftmaxBlockCache):
+                entry["meta"] = (b.sink_tokens, list(b.ring_tokens), list(b.ring_age), b.chunks_written)
+            blocks.append(entry)
+        return {"blocks": blocks, "chunks_done": self.chunks_done, "frames_done": self.frames_done}
+
+    def restore(self, snap: dict) -> None:
+        for b, entry in zip(self.blocks, snap["blocks"]):
+            for k, t in b.tensors().items():
+                t.copy_(entry[k])
+            if isinstance(b, SoftmaxBlockCache):
+                b.sink_tokens, ring_tokens, ring_age, b.chunks_written = entry["meta"]
+                b.ring_tokens, b.ring_age = list(ring_tokens), list(ring_age)
+        self.chunks_done = snap["chunks_done"]
+        self.frames_done = snap["frames_done"]

@@ -1,0 +1,65 @@
+"""GLUMBConvTemp: the per-frame GLU MBConv FFN with a dense temporal conv (spec section 1.6).
+
+The temporal conv mixes frames t-1, t, t+1. Its left neighbour crosses chunk boundaries (the previous
+chunk's last frame, or the streaming cache); its right neighbour is zero at every chunk end, so a chunk
+never sees the future.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class ConvLayer(nn.Module):
+    """A Conv2d under `.conv` (the checkpoints' `mlp.*_conv.conv.*` keys)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, groups: int = 1, bias: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, groups=groups, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x)
+
+
+class GLUMBConvTemp(nn.Module):
+    def __init__(self, hidden: int, mlp_hidden: int, t_kernel: int = 3):
+        super().__init__()
+        if t_kernel != 3:
+            raise ValueError("GLUMBConvTemp: only a 3-tap temporal conv is supported")
+        self.inverted_conv = ConvLayer(hidden, 2 * mlp_hidden, 1)
+        self.depth_conv = ConvLayer(2 * mlp_hidden, 2 * mlp_hidden, 3, groups=2 * mlp_hidden)
+        self.point_conv = ConvLayer(mlp_hidden, hidden, 1, bias=False)
+        self.t_conv = nn.Conv2d(hidden, hidden, kernel_size=(3, 1), padding=(1, 0), bias=False)
+        nn.init.zeros_(self.t_conv.weight)
+
+    def forward(self, x: Tensor, grid: tuple[int, int], chunks, left_frame: Tensor | None = None,
+                cache_out: Tensor | None = None) -> Tensor:
+        """x [B, T, S, C] -> [B, T, S, C].
+
+        chunks: (start, end) frame ranges. left_frame [B, S, C]: temporal-conv input of the frame before
+        this call (streaming cache), None for zeros. cache_out [B, S, C]: receives this call's last frame.
+        """
+        B, T, S, C = x.shape
+        h, w = grid
+        y = x.reshape(B * T, h, w, C).permute(0, 3, 1, 2)
+        y = F.silu(self.inverted_conv(y))
+        y = self.depth_conv(y)
+        y, gate = y.chunk(2, dim=1)
+        y = self.point_conv(y * F.silu(gate))
+        y = y.permute(0, 2, 3, 1).reshape(B, T, S, C)
+        return y + self.temporal_mix(y, chunks, left_frame, cache_out)
+
+    def temporal_mix(self, y: Tensor, chunks, left_frame, cache_out) -> Tensor:
+        w = self.t_conv.weight[..., 0]                              # [C_out, C_in, 3]
+        prev = torch.zeros_like(y)
+        nxt = torch.zeros_like(y)
+        prev[:, 1:] = y[:, :-1]
+        if left_frame is not None:
+            prev[:, 0] = left_frame.to(y.dtype)
+        nxt[:, :-1] = y[:, 1:]
+        for _, end in chunks:
+            nxt[:, end - 1] = 0                                     # no look-ahead past a chunk end
+        if cache_out is not None:
+            cache_out.copy_(y[:, -1])
+        return prev @ w[:, :, 0].T + y @ w[:, :, 1].T + nxt @ w[:, :, 2].T

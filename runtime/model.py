@@ -1,0 +1,181 @@
+"""The SANA-WM stage-1 diffusion transformer: config + embedders + blocks + final layer.
+
+One forward serves the three modes:
+- bidirectional: `chunks=None`, no cache: every frame sees every frame;
+- chunk-causal: `chunks=((0, 4), (4, 7), ...)`, no cache: a chunk sees earlier chunks (softmax blocks through
+  the sink + window mask) and never later ones;
+- streaming: one chunk with a `StreamCache` holding the earlier chunks' state; `write_cache=True` is the clean
+  pass that stores this chunk's state for the next.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from runtime.attention import FrameContext
+from runtime.block import SanaWMBlock
+from runtime.cache import StreamCache
+from runtime.camera_torch import camera_conditions_to_ray_matrices
+from runtime.config import ModelConfig, load_config
+from runtime.cross_attention import text_mask_bias
+from runtime.embedders import CaptionEmbedder, FinalLayer, PatchEmbed3D, TimestepEmbedder, text_norm
+from runtime.rope import rope_tables
+
+
+@dataclass
+class TextContext:
+    """A prompt prepared once per session: per-block cross-attention K/V and the padding bias."""
+
+    kv: list[tuple[Tensor, Tensor]]
+    bias: Tensor
+
+
+def chunk_ranges(num_frames: int, first: int, size: int) -> tuple[tuple[int, int], ...]:
+    """Chunk-causal layout: a first chunk of `first` frames, then chunks of `size`; a final remainder
+    shorter than `size` joins the previous chunk (spec 2.4)."""
+    starts = [0] + list(range(first, num_frames, size))
+    ranges = [(s, min(s + (first if i == 0 else size), num_frames)) for i, s in enumerate(starts) if s < num_frames]
+    if len(ranges) > 1 and ranges[-1][1] - ranges[-1][0] < size:
+        last = ranges.pop()
+        ranges[-1] = (ranges[-1][0], last[1])
+    return tuple(ranges)
+
+
+def softmax_chunk_mask(chunks, tokens_per_frame: int, sink: bool, recent: int, device) -> Tensor:
+    """Bool [N, N]: query chunk cq sees key chunk ck iff ck == cq, or ck < cq and (ck is the sink or
+    cq - ck <= recent) -- exactly what the streaming sink + ring cache holds."""
+    ids = torch.cat([torch.full(((e - s) * tokens_per_frame,), i, device=device) for i, (s, e) in enumerate(chunks)])
+    cq, ck = ids[:, None], ids[None, :]
+    past = (ck < cq) & ((cq - ck <= recent) | ((ck == 0) & sink))
+    return (ck == cq) | past
+
+
+class SanaWorldModel(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        C = cfg.hidden_size
+        self.cfg = cfg
+        self.x_embedder = PatchEmbed3D(cfg.in_channels, C)
+        self.t_embedder = TimestepEmbedder(C)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+        self.y_embedder = CaptionEmbedder(cfg.caption_channels, C, cfg.text_max_length)
+        self.attention_y_norm = text_norm(C, cfg.y_norm_scale)
+        # The absmap branch is skipped whenever chunk Plucker injection is on; kept for checkpoint layout.
+        self.raymap_embedder = PatchEmbed3D(3, C)
+        self.plucker_embedder = PatchEmbed3D(cfg.plucker_channels, C)
+        for emb in (self.raymap_embedder, self.plucker_embedder):
+            nn.init.zeros_(emb.proj.weight)
+            nn.init.zeros_(emb.proj.bias)
+        self.blocks = nn.ModuleList(SanaWMBlock(cfg, softmax=i in cfg.softmax_blocks) for i in range(cfg.depth))
+        self.final_layer = FinalLayer(C, cfg.in_channels)
+
+    # ------------------------------------------------------------------------------------------------
+    def prepare_text(self, emb: Tensor, mask: Tensor) -> TextContext:
+        """emb [B, L, caption_channels], mask [B, L] -> per-block text K/V (computed once per prompt)."""
+        y = self.attention_y_norm(self.y_embedder(emb))
+        return TextContext([blk.cross_attn.text_kv(y) for blk in self.blocks], text_mask_bias(mask))
+
+    def new_cache(self, batch: int = 1) -> StreamCache:
+        p = next(self.parameters())
+        return StreamCache(self.cfg, batch, p.device, p.dtype)
+
+    def forward(self, x: Tensor, timestep: Tensor, text: TextContext, camera: Tensor, plucker: Tensor, *,
+                chunks: tuple[tuple[int, int], ...] | None = None, frame_offset: int | None = None,
+                cache: StreamCache | None = None, write_cache: bool = False) -> Tensor:
+        """Predict the flow velocity v = noise - x0.
+
+        Args:
+            x: [B, Cin, T, h, w] latents of the frames of this call.
+            timestep: [B, T] per-latent-frame timesteps in [0, 1000].
+            text: a `TextContext` from `prepare_text`.
+            camera: [B, T, 20] per-latent-frame c2w (16, row-major, relative to frame 0) + fx, fy, cx, cy in
+                latent pixels.
+            plucker: [B, plucker_channels, T, h, w] chunk Plucker maps.
+            chunks: local (start, end) frame ranges; None = one chunk (bidirectional over the call).
+            frame_offset: absolute latent index of the first frame (RoPE); defaults to the cache position.
+            cache: streaming state of the earlier chunks (then the call must be one chunk).
+            write_cache: store this chunk's state in `cache` (the clean pass at t = 0).
+        Returns:
+            [B, Cin, T, h, w] velocity.
+        """
+        cfg = self.cfg
+        B, _, T, h, w = x.shape
+        if (h, w) != (cfg.latent_height, cfg.latent_width):
+            raise ValueError(f"latent grid {h}x{w} does not match the config's "
+                             f"{cfg.latent_height}x{cfg.latent_width}")
+        chunks = tuple(chunks) if chunks else ((0, T),)
+        if cache is not None and len(chunks) != 1:
+            raise ValueError("a streaming call (with a cache) covers exactly one chunk")
+        if write_cache and cache is None:
+            raise ValueError("write_cache needs a cache")
+        if frame_offset is None:
+            frame_offset = cache.frames_done if cache is not None else 0
+        dtype = self.x_embedder.proj.weight.dtype
+
+        frames = torch.arange(frame_offset, frame_offset + T, device=x.device)
+        rope = rope_tables(cfg.rope_split, frames, h, w, cfg.rope_theta)
+        cam_rope = rope_tables(cfg.rope_split, frames, h, w, cfg.rope_theta, camera=True)
+        rays = camera_conditions_to_ray_matrices(camera.float(), (h, w))
+        mask = None
+        if len(chunks) > 1:
+            recent = cfg.kv_cache_chunks - 1 if cfg.sink else cfg.kv_cache_chunks
+            mask = softmax_chunk_mask(chunks, h * w, cfg.sink, recent, x.device)
+        ctx = FrameContext(chunks, (h, w), rope, cam_rope, rays, mask, write_cache)
+
+        tokens = self.x_embedder(x.to(dtype))                                  # [B, T, S, C]
+        t_emb = self.t_embedder(timestep)                                       # [B, T, C]
+        t0 = self.t_block(t_emb).unflatten(-1, (6, cfg.hidden_size))           # [B, T, 6, C]
+        plucker_emb = self.plucker_embedder(plucker.to(dtype))
+        for i, blk in enumerate(self.blocks):
+            tokens = blk(tokens, t0, plucker_emb, text.kv[i], text.bias, ctx,
+                         None if cache is None else cache.blocks[i])
+        out = self.final_layer(tokens, t_emb)                                  # [B, T, S, Cin]
+        if write_cache:
+            cache.advance(T)
+        return out.permute(0, 3, 1, 2).reshape(B, cfg.in_channels, T, h, w)
+
+
+def randomize_(model: SanaWorldModel, seed: int = 0) -> SanaWorldModel:
+    """Give every parameter a non-degenerate random value (zero-initialised branches included), so that
+    every code path affects the output: for tests and speed benchmarks, never for generation."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf in ("A_log", "dt_bias"):
+                val = torch.randn(p.shape, generator=gen) * 0.5
+            elif "norm" in name:
+                val = 1.0 + 0.1 * torch.randn(p.shape, generator=gen)
+            elif leaf == "scale_shift_table":
+                val = torch.randn(p.shape, generator=gen) * 0.1
+            elif p.dim() >= 2:
+                fan_in = p[0].numel()
+                val = torch.randn(p.shape, generator=gen) / math.sqrt(fan_in)
+            else:
+                val = torch.randn(p.shape, generator=gen) * 0.02
+            p.copy_(val.to(p.dtype))
+    return model
+
+
+def build_model(config: str | ModelConfig, *, device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32, init: str = "official", seed: int = 0) -> SanaWorldModel:
+    """Build the model from a preset name, YAML path or config.
+
+    init: "official" (the training inits: zero-initialised camera / Plucker / temporal branches) or
+    "random" (every weight random; for tests and benchmarks). `device="meta"` allocates nothing.
+    """
+    cfg = load_config(config)
+    if init not in ("official", "random"):
+        raise ValueError(f"init must be 'official' or 'random', got {init!r}")
+    device = torch.device(device)
+    if device.type == "meta":
+        with torch.device("meta"):
+            return SanaWorldModel(cfg).to(dtype)
+    torch.manual_seed(seed)
+    model = SanaWorldModel(cfg)
+    if init == "random":
+        randomize_(model, seed)
+    return model.to(device=device, dtype=dtype).eval()
