@@ -203,6 +203,12 @@ def config_from_dict(data: dict, source: str = "<dict>") -> ModelConfig:
             value = tuple(value)
         elif hints[key] is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        elif hints[key] is float and isinstance(value, str):
+            # PyYAML reads exponents without a dot (1e-08) as strings.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         values[key] = value
     try:
         return ModelConfig(**values)

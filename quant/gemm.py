@@ -1,0 +1,384 @@
+"""Quantized-weight GEMMs: y[..., N] = x[..., K] @ dequant(W)[N, K]^T + bias.
+
+Each op has its faces side by side: a PyTorch fp32 reference, the fast path(s), and one public function that
+picks between them.
+
+NVFP4 weights (W4A16: activations stay bf16)
+    nvfp4_linear_ref        fp32 reference
+    nvfp4_linear_dequant    dequantize W to x.dtype, then cuBLAS (for comparison in the benchmark)
+    nvfp4_linear_triton     Triton kernel that unpacks and scales W tiles in registers, bf16 tensor-core dot;
+                            runs on sm_80+ (written for Hopper, which has no FP4 tensor cores)
+    nvfp4_linear_sm100      UNTESTED: Triton `tl.dot_scaled` with E2M1 weights and E4M3 block scales for
+                            Blackwell; only used when SANA_WM_NVFP4_SM100=1 on compute capability >= 10
+    nvfp4_linear            dispatch
+FP8 E4M3 weights
+    fp8_linear_ref          fp32 reference; per-tensor weights quantize activations per tensor (W8A8),
+                            per-block weights keep activations unquantized (W8A16)
+    fp8_linear_scaled_mm    torch._scaled_mm, per-tensor scales, activations quantized on the fly
+    fp8_linear              dispatch (per-block weights on CUDA: dequantize + cuBLAS)
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from quant.fp8 import dequantize_fp8, quantize_fp8_per_tensor
+from quant.nvfp4 import BLOCK_SIZE, dequantize_nvfp4
+
+try:
+    import triton
+    import triton.language as tl
+
+    HAS_TRITON = True
+except ImportError:  # CPU-only installs: the references still work.
+    triton = None
+    tl = None
+    HAS_TRITON = False
+
+BACKENDS = ("auto", "torch", "dequant", "triton", "sm100", "scaled_mm")
+
+# Launch configurations as data, keyed by the smallest M they are meant for. Tuned on H100 with bench/quant.py
+# --sweep (see docs/quantization.md); no autotuning at run time so the streaming step never recompiles.
+NVFP4_SM90_CONFIGS: dict[int, dict] = {
+    0: {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4},
+    128: {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3},
+}
+NVFP4_SM100_CONFIG = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+
+
+def _pick_config(table: dict[int, dict], m: int) -> dict:
+    return table[max(k for k in table if k <= m)]
+
+
+def _check_nvfp4_args(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor) -> tuple[int, int]:
+    n, k = weight.shape[0], weight.shape[1] * 2
+    if weight.dtype != torch.uint8:
+        raise TypeError(f"nvfp4 weight must be uint8 (packed E2M1), got {weight.dtype}")
+    if x.shape[-1] != k:
+        raise ValueError(f"x has K = {x.shape[-1]} but the packed weight {tuple(weight.shape)} has K = {k}")
+    if weight_scale.shape != (n, k // BLOCK_SIZE):
+        raise ValueError(f"weight_scale shape {tuple(weight_scale.shape)} != {(n, k // BLOCK_SIZE)}")
+    return n, k
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NVFP4: references
+# ---------------------------------------------------------------------------------------------------------------
+def nvfp4_linear_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                     weight_scale_2: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """fp32 reference. x [..., K]; weight uint8 [N, K/2]; weight_scale fp8 [N, K/16]; weight_scale_2 fp32 [];
+    bias [N] or None. Returns [..., N] in x.dtype."""
+    _check_nvfp4_args(x, weight, weight_scale)
+    w = dequantize_nvfp4(weight, weight_scale, weight_scale_2, torch.float32)
+    y = x.float() @ w.t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def nvfp4_linear_dequant(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                         weight_scale_2: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Dequantize W to x.dtype, then F.linear (cuBLAS on CUDA). Same signature as nvfp4_linear_ref."""
+    _check_nvfp4_args(x, weight, weight_scale)
+    w = dequantize_nvfp4(weight, weight_scale, weight_scale_2, x.dtype)
+    return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# NVFP4: Triton kernels
+# ---------------------------------------------------------------------------------------------------------------
+if HAS_TRITON:
+
+    @triton.jit
+    def _nvfp4_w4a16_kernel_sm90(
+        p_x, p_w, p_s, p_s2, p_b, p_y,
+        M, N, K,
+        stride_xm, stride_xk, stride_wn, stride_wk, stride_sn, stride_sk, stride_ym, stride_yn,
+        HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ):
+        # Grouped tile order: GROUP_M row tiles sweep the N tiles together so their weight tiles stay in L2.
+        i_pid = tl.program_id(0)
+        n_m = tl.cdiv(M, BLOCK_M)
+        n_n = tl.cdiv(N, BLOCK_N)
+        n_group = GROUP_M * n_n
+        first_m = (i_pid // n_group) * GROUP_M
+        group_m = tl.minimum(n_m - first_m, GROUP_M)
+        i_m = first_m + (i_pid % n_group) % group_m
+        i_n = (i_pid % n_group) // group_m
+
+        o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        o_k = tl.arange(0, BLOCK_K)
+        o_kb = tl.arange(0, BLOCK_K // 2)
+        o_ks = tl.arange(0, BLOCK_K // 16)
+        m_m = o_m < M
+        m_n = o_n < N
+        p_xb = p_x + o_m[:, None] * stride_xm + o_k[None, :] * stride_xk
+        p_wb = p_w + o_n[:, None] * stride_wn + o_kb[None, :] * stride_wk
+        p_sb = p_s + o_n[:, None] * stride_sn + o_ks[None, :] * stride_sk
+        # Codes and scales are decoded by placing their bits in an fp16 (see below); that reads E2M1 as
+        # value * 2^-14 and E4M3 as value * 2^-8. Undo both with one power of two folded into the tensor scale.
+        s2 = tl.load(p_s2).to(tl.float32) * 4194304.0  # 2^22
+
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            if EVEN_K:
+                b_x = tl.load(p_xb, mask=m_m[:, None], other=0.0)
+                b_w = tl.load(p_wb, mask=m_n[:, None], other=0)
+                b_s = tl.load(p_sb, mask=m_n[:, None], other=0)
+            else:
+                b_x = tl.load(p_xb, mask=m_m[:, None] & (k0 + o_k[None, :] < K), other=0.0)
+                b_w = tl.load(p_wb, mask=m_n[:, None] & (k0 // 2 + o_kb[None, :] < K // 2), other=0)
+                b_s = tl.load(p_sb, mask=m_n[:, None] & (k0 // 16 + o_ks[None, :] < K // 16), other=0)
+            # E4M3 (s eeee mmm, bias 7) -> fp16 (s eeeee mmmmmmmmmm, bias 15): sign to bit 15, the 7 other bits to
+            # bits 7..13. Exact, subnormals included, and no lookup table or float ops per element.
+            b_si = b_s.to(tl.int32)
+            b_sf = (((b_si & 0x80) << 8) | ((b_si & 0x7F) << 7)).to(tl.uint16).to(tl.float16, bitcast=True)
+            b_sf = b_sf.to(tl.float32) * s2
+            # One scale per 16 codes = per 8 bytes of the packed tile.
+            b_sf = tl.reshape(tl.broadcast_to(b_sf[:, :, None], (BLOCK_N, BLOCK_K // 16, 8)),
+                              (BLOCK_N, BLOCK_K // 2))
+            # E2M1 (s ee m, bias 1) -> fp16 the same way: sign to bit 15, the 3 other bits to bits 9..11.
+            b_wi = b_w.to(tl.int32)
+            b_lo = b_wi & 0x0F
+            b_hi = b_wi >> 4
+            b_lo = (((b_lo & 0x8) << 12) | ((b_lo & 0x7) << 9)).to(tl.uint16).to(tl.float16, bitcast=True)
+            b_hi = (((b_hi & 0x8) << 12) | ((b_hi & 0x7) << 9)).to(tl.uint16).to(tl.float16, bitcast=True)
+            b_lo = (b_lo.to(tl.float32) * b_sf).to(b_x.dtype)
+            b_hi = (b_hi.to(tl.float32) * b_sf).to(b_x.dtype)
+            # Even k sits in the low nibble: interleave (lo, hi) back to [BLOCK_N, BLOCK_K].
+            b_wk = tl.reshape(tl.join(b_lo, b_hi), (BLOCK_N, BLOCK_K))
+            acc = tl.dot(b_x, tl.trans(b_wk), acc)
+            p_xb += BLOCK_K * stride_xk
+            p_wb += (BLOCK_K // 2) * stride_wk
+            p_sb += (BLOCK_K // 16) * stride_sk
+
+        if HAS_BIAS:
+            acc += tl.load(p_b + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
+        p_yb = p_y + o_m[:, None] * stride_ym + o_n[None, :] * stride_yn
+        tl.store(p_yb, acc.to(p_y.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
+
+    @triton.jit
+    def _nvfp4_w4a16_kernel_sm100(
+        p_x, p_w, p_s, p_s2, p_b, p_y,
+        M, N, K,
+        stride_xm, stride_xk, stride_wn, stride_wk, stride_sn, stride_sk, stride_ym, stride_yn,
+        HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ):
+        # UNTESTED on hardware: block-scaled dot with the packed E2M1 tile as the K-packed right operand and the
+        # E4M3 block scales ([BLOCK_N, BLOCK_K / 16], i.e. group size 16) passed untransposed.
+        i_pid = tl.program_id(0)
+        n_m = tl.cdiv(M, BLOCK_M)
+        n_n = tl.cdiv(N, BLOCK_N)
+        n_group = GROUP_M * n_n
+        first_m = (i_pid // n_group) * GROUP_M
+        group_m = tl.minimum(n_m - first_m, GROUP_M)
+        i_m = first_m + (i_pid % n_group) % group_m
+        i_n = (i_pid % n_group) // group_m
+
+        o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        o_k = tl.arange(0, BLOCK_K)
+        o_kb = tl.arange(0, BLOCK_K // 2)
+        o_ks = tl.arange(0, BLOCK_K // 16)
+        m_m = o_m < M
+        m_n = o_n < N
+        p_xb = p_x + o_m[:, None] * stride_xm + o_k[None, :] * stride_xk
+        p_wb = p_w + o_kb[:, None] * stride_wk + o_n[None, :] * stride_wn
+        p_sb = p_s + o_n[:, None] * stride_sn + o_ks[None, :] * stride_sk
+
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            if EVEN_K:
+                b_x = tl.load(p_xb, mask=m_m[:, None], other=0.0)
+                b_w = tl.load(p_wb, mask=m_n[None, :], other=0)
+                b_s = tl.load(p_sb, mask=m_n[:, None], other=0)
+            else:
+                b_x = tl.load(p_xb, mask=m_m[:, None] & (k0 + o_k[None, :] < K), other=0.0)
+                b_w = tl.load(p_wb, mask=(k0 // 2 + o_kb[:, None] < K // 2) & m_n[None, :], other=0)
+                b_s = tl.load(p_sb, mask=m_n[:, None] & (k0 // 16 + o_ks[None, :] < K // 16), other=0)
+            acc = tl.dot_scaled(b_x, None, "bf16", b_w, b_s.to(tl.float8e4nv, bitcast=True), "e2m1", acc)
+            p_xb += BLOCK_K * stride_xk
+            p_wb += (BLOCK_K // 2) * stride_wk
+            p_sb += (BLOCK_K // 16) * stride_sk
+
+        acc = acc * tl.load(p_s2).to(tl.float32)
+        if HAS_BIAS:
+            acc += tl.load(p_b + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
+        p_yb = p_y + o_m[:, None] * stride_ym + o_n[None, :] * stride_yn
+        tl.store(p_yb, acc.to(p_y.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
+
+
+def _launch_nvfp4(kernel, default_config: dict, x, weight, weight_scale, weight_scale_2, bias, out, config):
+    if not HAS_TRITON:
+        raise RuntimeError("the Triton NVFP4 GEMM needs triton, which is not installed")
+    n, k = _check_nvfp4_args(x, weight, weight_scale)
+    x2 = x.reshape(-1, k)
+    m = x2.shape[0]
+    if out is None:
+        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    elif out.shape != (m, n):
+        raise ValueError(f"out must have shape {(m, n)}, got {tuple(out.shape)}")
+    cfg = dict(default_config if config is None else config)
+    block_k = cfg["BLOCK_K"]
+    if block_k < 32 or block_k & (block_k - 1):
+        raise ValueError(f"BLOCK_K must be a power of two >= 32, got {block_k}")
+    scale_u8 = weight_scale.view(torch.uint8)
+    grid = (triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"]),)
+    kernel[grid](
+        x2, weight, scale_u8, weight_scale_2, x2 if bias is None else bias, out,
+        m, n, k,
+        x2.stride(0), x2.stride(1), weight.stride(0), weight.stride(1), scale_u8.stride(0), scale_u8.stride(1),
+        out.stride(0), out.stride(1),
+        HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, **cfg,
+    )
+    return out.view(*x.shape[:-1], n)
+
+
+def nvfp4_linear_triton(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                        weight_scale_2: torch.Tensor, bias: torch.Tensor | None = None, *,
+                        out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+    """Triton W4A16 GEMM (dequantizes weight tiles in registers). Same arguments as nvfp4_linear_ref, plus
+    `out` ([M, N] with M = prod(x.shape[:-1]), written in place) and a launch `config` override.
+    x may be bf16 / fp16 (tensor cores) or fp32 (used by the CPU interpreter tests)."""
+    m = x.numel() // max(x.shape[-1], 1)
+    return _launch_nvfp4(_nvfp4_w4a16_kernel_sm90 if HAS_TRITON else None,
+                         _pick_config(NVFP4_SM90_CONFIGS, m),
+                         x, weight, weight_scale, weight_scale_2, bias, out, config)
+
+
+def nvfp4_linear_sm100(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                       weight_scale_2: torch.Tensor, bias: torch.Tensor | None = None, *,
+                       out: torch.Tensor | None = None, config: dict | None = None) -> torch.Tensor:
+    """UNTESTED Blackwell path (tl.dot_scaled, bf16 x E2M1). Same arguments as nvfp4_linear_triton."""
+    return _launch_nvfp4(_nvfp4_w4a16_kernel_sm100 if HAS_TRITON else None, NVFP4_SM100_CONFIG,
+                         x, weight, weight_scale, weight_scale_2, bias, out, config)
+
+
+# Registered as a custom op so torch.compile / CUDA graphs see one opaque node with a shape-only fake.
+@torch.library.custom_op("sana_wm_quant::nvfp4_linear", mutates_args=(), device_types="cuda")
+def _nvfp4_linear_op(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                     weight_scale_2: torch.Tensor, bias: torch.Tensor | None, sm100: bool) -> torch.Tensor:
+    fn = nvfp4_linear_sm100 if sm100 else nvfp4_linear_triton
+    return fn(x.contiguous(), weight, weight_scale, weight_scale_2, bias)
+
+
+@_nvfp4_linear_op.register_fake
+def _(x, weight, weight_scale, weight_scale_2, bias, sm100):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+# Read once at import: the dispatch below must stay traceable by torch.compile (fullgraph) and cheap per call.
+SM100_OPT_IN = os.environ.get("SANA_WM_NVFP4_SM100", "0") == "1"
+"""Let auto dispatch use the untested tl.dot_scaled kernel on compute capability >= 10."""
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    # get_device_properties (not get_device_capability) is what dynamo constant-folds.
+    props = torch.cuda.get_device_properties(device)
+    return props.major, props.minor
+
+
+def _use_sm100(device: torch.device) -> bool:
+    return SM100_OPT_IN and _capability(device)[0] >= 10
+
+
+def nvfp4_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                 weight_scale_2: torch.Tensor, bias: torch.Tensor | None = None,
+                 backend: str = "auto") -> torch.Tensor:
+    """y = x @ dequant(W)^T + bias for an NVFP4 weight.
+
+    Args:
+        x: [..., K] activations (bf16 / fp16 on CUDA; any float elsewhere).
+        weight: uint8 [N, K/2]; weight_scale: float8_e4m3fn [N, K/16]; weight_scale_2: float32 [].
+        bias: [N] or None.
+        backend: "auto" (Triton on CUDA with triton installed, else the fp32 reference), "torch" (reference),
+            "dequant", "triton", "sm100" (untested; auto picks it only with SANA_WM_NVFP4_SM100=1 on cc >= 10).
+    Returns:
+        [..., N] in x.dtype.
+    """
+    if backend == "auto":
+        fast = (x.is_cuda and HAS_TRITON and x.dtype in (torch.bfloat16, torch.float16)
+                and _capability(x.device) >= (8, 0))
+        backend = ("sm100" if _use_sm100(x.device) else "triton") if fast else "torch"
+    if backend in ("triton", "sm100") and x.is_cuda:
+        return _nvfp4_linear_op(x, weight, weight_scale, weight_scale_2, bias, backend == "sm100")
+    if backend == "triton":
+        return nvfp4_linear_triton(x, weight, weight_scale, weight_scale_2, bias)
+    if backend == "sm100":
+        return nvfp4_linear_sm100(x, weight, weight_scale, weight_scale_2, bias)
+    if backend == "dequant":
+        return nvfp4_linear_dequant(x, weight, weight_scale, weight_scale_2, bias)
+    if backend == "torch":
+        return nvfp4_linear_ref(x, weight, weight_scale, weight_scale_2, bias)
+    raise ValueError(f"nvfp4_linear: unknown backend {backend!r} (choose from auto, torch, dequant, triton, sm100)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FP8
+# ---------------------------------------------------------------------------------------------------------------
+def fp8_linear_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                   bias: torch.Tensor | None = None, input_scale: torch.Tensor | None = None,
+                   block_size: int | None = None) -> torch.Tensor:
+    """fp32 reference. x [..., K]; weight float8_e4m3fn [N, K]; weight_scale fp32 [] (per tensor: activations
+    are quantized per tensor with `input_scale` or their own amax) or [ceil(N/b), ceil(K/b)] for
+    block_size b (activations stay unquantized). Returns [..., N] in x.dtype."""
+    w = dequantize_fp8(weight, weight_scale, block_size, torch.float32)
+    if block_size is None:
+        xq, sx = quantize_fp8_per_tensor(x, input_scale)
+        xf = xq.float() * sx
+    else:
+        xf = x.float()
+    y = xf @ w.t()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(x.dtype)
+
+
+def fp8_linear_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+                         bias: torch.Tensor | None = None,
+                         input_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-tensor FP8 x FP8 GEMM through torch._scaled_mm (fp32 accumulation), activations quantized on the fly.
+    Needs K and N multiples of 16 and x in bf16 / fp16. Same arguments as fp8_linear_ref without block_size."""
+    n, k = weight.shape
+    if k % 16 or n % 16:
+        raise ValueError(f"torch._scaled_mm needs K and N divisible by 16, got K={k}, N={n}")
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        raise TypeError(f"fp8_linear_scaled_mm: x must be bf16 or fp16, got {x.dtype}")
+    x2 = x.reshape(-1, k)
+    xq, sx = quantize_fp8_per_tensor(x2, input_scale)
+    y = torch._scaled_mm(xq, weight.t(), sx, weight_scale.float().reshape(()),
+                         bias=None if bias is None else bias.to(x.dtype), out_dtype=x.dtype)
+    return y.view(*x.shape[:-1], n)
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
+               bias: torch.Tensor | None = None, input_scale: torch.Tensor | None = None,
+               block_size: int | None = None, backend: str = "auto") -> torch.Tensor:
+    """y = x @ dequant(W)^T + bias for an FP8 weight (see fp8_linear_ref for the activation recipe).
+
+    backend: "auto" (per-tensor on CUDA cc >= 8.9 with K, N % 16 == 0: scaled_mm; per-block on CUDA: dequant;
+    otherwise torch), "torch", "scaled_mm", "dequant" (dequantize W to x.dtype + F.linear, activations kept).
+    """
+    n, k = weight.shape
+    if backend == "auto":
+        backend = "torch"
+        if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
+            if block_size is not None:
+                backend = "dequant"
+            elif _capability(x.device) >= (8, 9) and k % 16 == 0 and n % 16 == 0:
+                backend = "scaled_mm"
+    if backend == "scaled_mm":
+        if block_size is not None:
+            raise ValueError("fp8_linear: the scaled_mm backend takes per-tensor weights only")
+        return fp8_linear_scaled_mm(x, weight, weight_scale, bias, input_scale)
+    if backend == "dequant":
+        w = dequantize_fp8(weight, weight_scale, block_size, x.dtype)
+        return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+    if backend == "torch":
+        return fp8_linear_ref(x, weight, weight_scale, bias, input_scale, block_size)
+    raise ValueError(f"fp8_linear: unknown backend {backend!r} (choose from auto, torch, scaled_mm, dequant)")

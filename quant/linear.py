@@ -1,0 +1,236 @@
+"""Quantized drop-in modules for nn.Linear and 1x1 nn.Conv2d.
+
+Each holds its weight in the checkpoint layout under the checkpoint names (`weight`, `weight_scale`,
+`weight_scale_2`, optional `input_scale`, `bias`), so `state_dict()` of a quantized model is the saved quantized
+layout and `load_state_dict` of that layout needs no conversion. The weight of a 1x1 conv is stored 2-D
+([out, in] before packing), like a linear's.
+
+Module.to(dtype) / .half() / .bfloat16() cast every floating buffer; the fp8 block scales and the fp32 tensor
+scale are part of the format, so these modules let such calls move them between devices but never change their
+dtype. The bias follows the model's dtype like any parameter.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from quant.fp8 import dequantize_fp8, infer_block_size, quantize_fp8
+from quant.gemm import fp8_linear, nvfp4_linear
+from quant.nvfp4 import BLOCK_SIZE, NVFP4Tensor, dequantize_nvfp4, quantize_nvfp4
+
+_SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+class QuantLinear(nn.Module):
+    """Base class: y = x @ dequant(W)^T + b over the last dim of x ([..., in] -> [..., out])."""
+
+    FORMAT = ""
+    FORMAT_BUFFERS: tuple[str, ...] = ()
+    """Floating buffers whose dtype is part of the format (protected from Module.to(dtype))."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.backend = "auto"
+        """GEMM backend passed to the format's dispatch (see quant.gemm)."""
+
+    def _apply(self, fn, recurse=True):
+        kept = {n: self._buffers.pop(n) for n in self.FORMAT_BUFFERS if self._buffers.get(n) is not None}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for name, t in kept.items():
+                # An integer view is moved by fn (device changes) but never cast (dtype changes skip ints).
+                self._buffers[name] = fn(t.view(_SAME_SIZE_INT[t.element_size()])).view(t.dtype)
+        return self
+
+    def _set_bias(self, bias: torch.Tensor | None) -> None:
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """[out, in] weight in `dtype`."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, format={self.FORMAT}")
+
+
+class NVFP4Linear(QuantLinear):
+    """nn.Linear with an NVFP4 weight (W4A16): uint8 `weight` [out, in/2], float8_e4m3fn `weight_scale`
+    [out, in/16], float32 `weight_scale_2` []; optional float32 `input_scale` [] is kept for checkpoints that
+    carry one (unused: activations stay in bf16)."""
+
+    FORMAT = "nvfp4"
+    FORMAT_BUFFERS = ("weight_scale", "weight_scale_2", "input_scale")
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
+                 bias_dtype: torch.dtype = torch.bfloat16, input_scale: bool = False) -> None:
+        super().__init__(in_features, out_features)
+        if in_features % BLOCK_SIZE:
+            raise ValueError(f"NVFP4Linear: in_features = {in_features} must be a multiple of {BLOCK_SIZE}")
+        self.register_buffer("weight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8,
+                                                   device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, in_features // BLOCK_SIZE, device=device
+                                                        ).to(torch.float8_e4m3fn))
+        self.register_buffer("weight_scale_2", torch.ones((), dtype=torch.float32, device=device))
+        if input_scale:
+            self.register_buffer("input_scale", torch.ones((), dtype=torch.float32, device=device))
+        else:
+            self.input_scale = None
+        self._set_bias(torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+
+    @classmethod
+    def from_tensors(cls, weight: torch.Tensor, weight_scale: torch.Tensor, weight_scale_2: torch.Tensor,
+                     bias: torch.Tensor | None = None, input_scale: torch.Tensor | None = None,
+                     name: str = "") -> NVFP4Linear:
+        """Build from packed checkpoint tensors (no high-precision detour). Validates dtypes and shapes."""
+        where = f"{name}: " if name else ""
+        if weight.dtype != torch.uint8 or weight.ndim != 2:
+            raise ValueError(f"{where}NVFP4 weight must be uint8 [out, in/2], got {weight.dtype} "
+                             f"{tuple(weight.shape)}")
+        out_f, in_f = weight.shape[0], weight.shape[1] * 2
+        if weight_scale.dtype != torch.float8_e4m3fn or tuple(weight_scale.shape) != (out_f, in_f // BLOCK_SIZE):
+            raise ValueError(f"{where}weight_scale must be float8_e4m3fn {(out_f, in_f // BLOCK_SIZE)}, got "
+                             f"{weight_scale.dtype} {tuple(weight_scale.shape)}")
+        if weight_scale_2.numel() != 1:
+            raise ValueError(f"{where}weight_scale_2 must hold one value, got shape {tuple(weight_scale_2.shape)}")
+        if bias is not None and tuple(bias.shape) != (out_f,):
+            raise ValueError(f"{where}bias must have shape {(out_f,)}, got {tuple(bias.shape)}")
+        m = cls.__new__(cls)
+        QuantLinear.__init__(m, in_f, out_f)
+        m.register_buffer("weight", weight.detach())
+        m.register_buffer("weight_scale", weight_scale.detach())
+        m.register_buffer("weight_scale_2", weight_scale_2.detach().float().reshape(()))
+        if input_scale is not None:
+            m.register_buffer("input_scale", input_scale.detach().float().reshape(()))
+        else:
+            m.input_scale = None
+        m._set_bias(bias)
+        return m
+
+    @classmethod
+    def from_float(cls, module: nn.Linear | nn.Conv2d, name: str = "") -> NVFP4Linear:
+        w = module.weight.detach()
+        q = quantize_nvfp4(w.reshape(w.shape[0], -1), name=f"{name}.weight" if name else "weight")
+        return cls.from_tensors(*q, bias=module.bias, name=name)
+
+    @property
+    def packed(self) -> NVFP4Tensor:
+        return NVFP4Tensor(self.weight, self.weight_scale, self.weight_scale_2)
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_nvfp4(self.weight, self.weight_scale, self.weight_scale_2, dtype)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., in] -> [..., out]."""
+        return nvfp4_linear(x, self.weight, self.weight_scale, self.weight_scale_2, self.bias, self.backend)
+
+    forward = linear
+
+
+class FP8Linear(QuantLinear):
+    """nn.Linear with an FP8 E4M3 weight: float8_e4m3fn `weight` [out, in], float32 `weight_scale` ([] per
+    tensor: W8A8 with dynamic per-tensor activation scales, or the static `input_scale` if present; or a
+    [ceil(out/b), ceil(in/b)] grid of b x b block scales: W8A16)."""
+
+    FORMAT = "fp8"
+    FORMAT_BUFFERS = ("weight", "weight_scale", "input_scale")
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None,
+                 bias_dtype: torch.dtype = torch.bfloat16, block_size: int | None = None,
+                 input_scale: bool = False) -> None:
+        super().__init__(in_features, out_features)
+        self.block_size = block_size
+        self.register_buffer("weight", torch.zeros(out_features, in_features, device=device
+                                                   ).to(torch.float8_e4m3fn))
+        scale_shape = () if block_size is None else (-(-out_features // block_size), -(-in_features // block_size))
+        self.register_buffer("weight_scale", torch.ones(scale_shape, dtype=torch.float32, device=device))
+        if input_scale:
+            self.register_buffer("input_scale", torch.ones((), dtype=torch.float32, device=device))
+        else:
+            self.input_scale = None
+        self._set_bias(torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+
+    @classmethod
+    def from_tensors(cls, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None = None,
+                     input_scale: torch.Tensor | None = None, block_size: int | None = None,
+                     name: str = "") -> FP8Linear:
+        """Build from checkpoint tensors; `block_size` None infers it from the scale's shape (128 preferred)."""
+        where = f"{name}: " if name else ""
+        if weight.dtype != torch.float8_e4m3fn or weight.ndim != 2:
+            raise ValueError(f"{where}FP8 weight must be float8_e4m3fn [out, in], got {weight.dtype} "
+                             f"{tuple(weight.shape)}")
+        out_f, in_f = weight.shape
+        if block_size is None:
+            block_size = infer_block_size((out_f, in_f), tuple(weight_scale.shape))
+        if bias is not None and tuple(bias.shape) != (out_f,):
+            raise ValueError(f"{where}bias must have shape {(out_f,)}, got {tuple(bias.shape)}")
+        m = cls.__new__(cls)
+        QuantLinear.__init__(m, in_f, out_f)
+        m.block_size = block_size
+        m.register_buffer("weight", weight.detach())
+        scale = weight_scale.detach().float()
+        m.register_buffer("weight_scale", scale.reshape(()) if block_size is None and scale.numel() == 1 else scale)
+        if input_scale is not None:
+            m.register_buffer("input_scale", input_scale.detach().float().reshape(()))
+        else:
+            m.input_scale = None
+        m._set_bias(bias)
+        expected = () if block_size is None else (-(-out_f // block_size), -(-in_f // block_size))
+        if tuple(m.weight_scale.shape) != expected:
+            raise ValueError(f"{where}weight_scale must have shape {expected} for weight {(out_f, in_f)} and "
+                             f"block_size {block_size}, got {tuple(weight_scale.shape)}")
+        return m
+
+    @classmethod
+    def from_float(cls, module: nn.Linear | nn.Conv2d, block_size: int | None = None, name: str = ""
+                   ) -> FP8Linear:
+        w = module.weight.detach()
+        q = quantize_fp8(w.reshape(w.shape[0], -1), block_size, name=f"{name}.weight" if name else "weight")
+        return cls.from_tensors(q.weight, q.weight_scale, module.bias, block_size=q.block_size, name=name)
+
+    def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return dequantize_fp8(self.weight, self.weight_scale, self.block_size, dtype)
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """[..., in] -> [..., out]."""
+        return fp8_linear(x, self.weight, self.weight_scale, self.bias, self.input_scale, self.block_size,
+                          self.backend)
+
+    forward = linear
+
+    def extra_repr(self) -> str:
+        blocks = "per-tensor" if self.block_size is None else f"{self.block_size}x{self.block_size} blocks"
+        return f"{super().extra_repr()}, {blocks}"
+
+
+class _Conv1x1:
+    """Conv2d(kernel 1) semantics on NCHW input; `linear` still takes token-major [..., in] input, which is the
+    cheaper call for a runtime that keeps activations token-major."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, in, H, W] -> [B, out, H, W]; channels_last input costs no copy and gives channels_last output."""
+        if x.ndim != 4 or x.shape[1] != self.in_features:
+            raise ValueError(f"{type(self).__name__}: expected [B, {self.in_features}, H, W], got {tuple(x.shape)}")
+        b, _, h, w = x.shape
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        y = self.linear(x.permute(0, 2, 3, 1).reshape(b * h * w, self.in_features))
+        y = y.view(b, h, w, self.out_features).permute(0, 3, 1, 2)
+        return y if channels_last else y.contiguous()
+
+
+class NVFP4Conv1x1(_Conv1x1, NVFP4Linear):
+    """1x1 nn.Conv2d with an NVFP4 weight; state-dict layout identical to NVFP4Linear."""
+
+
+class FP8Conv1x1(_Conv1x1, FP8Linear):
+    """1x1 nn.Conv2d with an FP8 weight; state-dict layout identical to FP8Linear."""
+
+
+def is_conv1x1(module: nn.Module) -> bool:
+    """A Conv2d that is a per-pixel linear map (kernel 1, stride 1, no padding / dilation / groups)."""
+    return (isinstance(module, nn.Conv2d) and tuple(module.kernel_size) == (1, 1) and tuple(module.stride) == (1, 1)
+            and tuple(module.padding) == (0, 0) and tuple(module.dilation) == (1, 1) and module.groups == 1
+            and module.padding_mode == "zeros")

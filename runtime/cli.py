@@ -1,0 +1,130 @@
+"""The `sana-wm` command line."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import runtime
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+DEFAULT_IMAGE = ASSETS / "start.png"
+DEFAULT_PROMPT = "a sunny meadow with trees and houses"
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one line, exit code 2."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from runtime.checkpoint import CheckpointError
+    from runtime.config import ConfigError
+    from runtime.images import ImageLoadError
+    from runtime.pipeline import GeneratorError
+    from runtime.render import RenderInputError
+    from runtime.weights import MissingWeightsError
+
+    return (UsageError, ValueError, CheckpointError, ConfigError, ImageLoadError, GeneratorError,
+            RenderInputError, MissingWeightsError, FileNotFoundError)
+
+
+# ------------------------------------------------------------------------------------------------------------
+def cmd_info(args) -> int:
+    from runtime.info import describe
+
+    print(describe(args.target))
+    return 0
+
+
+def cmd_render(args) -> int:
+    import torch
+
+    from runtime.pipeline import load_generator
+    from runtime.render import load_sidecar, plan_from_actions, plan_from_camera, plan_from_sidecar, render_walk
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".mp4":
+        raise UsageError(f"--out must name an .mp4 file, got {args.out!r}")
+    sources = [s for s in (args.actions, args.camera, args.replay) if s is not None]
+    if len(sources) != 1:
+        raise UsageError("give exactly one of --actions, --camera or --replay")
+    image, prompt, seed, model = args.image, args.prompt, args.seed, args.model
+    if args.replay:
+        log = load_sidecar(args.replay)
+        plan = plan_from_sidecar(log)
+        image = image or log.get("image")
+        prompt = log["prompt"] if prompt is None else prompt
+        seed = log["seed"] if seed is None else seed
+        model = model or log["model"]
+    elif args.actions is not None:
+        plan = plan_from_actions(args.actions, args.frames)
+    else:
+        plan = plan_from_camera(args.camera, args.intrinsics, args.frames)
+    image = image or str(DEFAULT_IMAGE)
+    if not Path(image).is_file():
+        raise UsageError(f"--image: no such file {image!r}")
+    from runtime.images import open_rgb
+
+    open_rgb(image)   # unreadable images fail here, before any file is written
+    gen = load_generator(model or "tiny-world", device=args.device,
+                         dtype=torch.float32 if args.device == "cpu" else None)
+    sidecar = render_walk(gen, image, prompt if prompt is not None else DEFAULT_PROMPT, plan, out,
+                          seed=0 if seed is None else seed, image_ref=image, model_name=model or "tiny-world",
+                          progress=not args.quiet)
+    gen_ms = sum(c["generate_ms"] for c in sidecar["chunks"])
+    secs = sidecar["frames_written"] / sidecar["fps"]
+    print(f"wrote {out} ({sidecar['frames_written']} frames, {secs:.1f} s of video; generation "
+          f"{gen_ms / 1e3:.1f} s = {secs / max(gen_ms / 1e3, 1e-9):.2f}x real time) and {out.with_suffix('.json')}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sana-wm", description="SANA-WM interactive world explorer")
+    p.add_argument("--version", action="version", version=f"sana-wm {runtime.__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    info = sub.add_parser("info", help="parameters, memory and block layout of a config or checkpoint")
+    info.add_argument("target", nargs="?", default="tiny-world", help="preset name, YAML file or checkpoint")
+    info.set_defaults(func=cmd_info)
+
+    r = sub.add_parser("render", help="render a camera walk to an MP4 (+ a replayable .json sidecar)")
+    r.add_argument("--image", help="first frame (default: the built-in start image)")
+    r.add_argument("--prompt", help="text prompt")
+    r.add_argument("--actions", help='key string, e.g. "w-40,a-16,wd-24" (w/s move, a/d turn, i/k look, j/l strafe)')
+    r.add_argument("--camera", help="camera file: .npy [F,4,4] c2w, .npz (c2w, intrinsics) or .json")
+    r.add_argument("--intrinsics", help=".npy intrinsics (3,3), (F,3,3), (4,) or (F,4) in image pixels")
+    r.add_argument("--replay", help="a sidecar .json of an earlier render or recording: reproduce it")
+    r.add_argument("--frames", type=int, help="frames to render (snapped to 8k+1)")
+    r.add_argument("--seed", type=int, help="noise seed (default 0)")
+    r.add_argument("--model", help="tiny-world (default, embedded), a preset, or a model folder")
+    r.add_argument("--device", default="cpu", help="cpu or cuda")
+    r.add_argument("--out", required=True, help="output .mp4")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_render)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="sana-wm: %(levelname)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("sana-wm: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"sana-wm: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Assemble a generator (model + autoencoder + text encoder) by name, and open sessions on it.
+
+Model names: "tiny-world" (the embedded default shipped in `runtime/weights/tiny-world/`), an official
+preset ("sana-wm-streaming": weights resolved by `runtime.weights.resolve_weights`), a folder holding
+`config.yaml` and `model.safetensors`, or a checkpoint file next to a `config.yaml`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.camera import default_intrinsics, intrinsics_to_latent
+from runtime.checkpoint import load_checkpoint
+from runtime.config import ModelConfig, load_config
+from runtime.model import SanaWorldModel, build_model
+from runtime.session import WorldSession
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_DIR = Path(__file__).resolve().parent / "weights" / "tiny-world"
+DEFAULT_MODEL = "tiny-world"
+
+
+class GeneratorError(RuntimeError):
+    """A generator cannot be assembled; the message says what is missing."""
+
+
+@dataclass
+class Generator:
+    model: SanaWorldModel
+    autoencoder: object
+    text_encoder: object
+    source: str
+    """Where the generator's weights came from (for logs and sidecars)."""
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.cfg
+
+
+def _resolve_model_dir(name: str) -> tuple[ModelConfig, Path | None]:
+    """(config, checkpoint path or None for random weights) of a model name or path."""
+    if name == DEFAULT_MODEL:
+        ckpt = EMBEDDED_DIR / "model.safetensors"
+        return load_config("tiny-world"), (ckpt if ckpt.is_file() else None)
+    path = Path(name)
+    if path.is_dir():
+        cfg_file = path / "config.yaml"
+        if not cfg_file.is_file():
+            raise GeneratorError(f"{path}: a model folder needs config.yaml and model.safetensors")
+        return load_config(cfg_file), path / "model.safetensors"
+    if path.is_file():
+        cfg_file = path.parent / "config.yaml"
+        if not cfg_file.is_file():
+            raise GeneratorError(f"{path}: no config.yaml beside the checkpoint (name a preset folder instead)")
+        return load_config(cfg_file), path
+    from runtime.weights import GENERATOR_WEIGHTS, resolve_weights
+
+    cfg = load_config(name)
+    if cfg.name not in GENERATOR_WEIGHTS:
+        raise GeneratorError(f"no weights are known for config {cfg.name!r}")
+    return cfg, resolve_weights(GENERATOR_WEIGHTS[cfg.name], what=f"{cfg.name} generator (DiT)")
+
+
+def load_generator(model: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
+                   dtype: torch.dtype | None = None, random_weights: bool = False,
+                   allow_download: bool | None = None) -> Generator:
+    """Build the model, its autoencoder and text encoder on `device`.
+
+    random_weights: skip the DiT checkpoint (benchmarks: speed does not depend on weights).
+    """
+    from runtime.decoder import load_autoencoder
+    from runtime.text_encoder import load_text_encoder
+
+    device = torch.device(device)
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if random_weights:
+        cfg, ckpt = load_config(model if model != DEFAULT_MODEL else "tiny-world"), None
+    else:
+        cfg, ckpt = _resolve_model_dir(model)
+    net = build_model(cfg, device="cpu", dtype=torch.float32, init="random" if ckpt is None else "official")
+    if ckpt is not None:
+        if not Path(ckpt).is_file():
+            raise GeneratorError(f"{ckpt}: model weights not found")
+        load_checkpoint(net, ckpt)
+        source = str(ckpt)
+    else:
+        if not random_weights:
+            log.warning("no trained weights for %s: using random weights (the video will be noise)", cfg.name)
+        source = "random weights"
+    net = net.to(device=device, dtype=dtype).eval()
+    ae = load_autoencoder(cfg.vae, device=device, dtype=dtype if device.type == "cuda" else torch.float32,
+                          allow_download=allow_download)
+    te = load_text_encoder(cfg.text_encoder, caption_channels=cfg.caption_channels,
+                           max_length=cfg.text_max_length, device=device, dtype=dtype,
+                           allow_download=allow_download)
+    return Generator(net, ae, te, source)
+
+
+def latent_intrinsics(cfg: ModelConfig, intrinsics=None, src_hw: tuple[int, int] | None = None) -> np.ndarray:
+    """(fx, fy, cx, cy) in latent pixels: from source-image pixel intrinsics [4] / [F, 4], or the default."""
+    out_hw = (cfg.height, cfg.width)
+    latent_hw = (cfg.latent_height, cfg.latent_width)
+    if intrinsics is None:
+        return intrinsics_to_latent(default_intrinsics(out_hw), out_hw, out_hw, latent_hw)
+    return intrinsics_to_latent(np.asarray(intrinsics, dtype=np.float64), src_hw or out_hw, out_hw, latent_hw)
+
+
+def open_session(gen: Generator, image, prompt: str = "", *, seed: int = 0, intrinsics=None,
+                 src_hw: tuple[int, int] | None = None, timesteps=None) -> WorldSession:
+    """A session starting from `image` (path, PIL image, HxWx3 uint8 array, or [1, 3, H, W] in [-1, 1])."""
+    from runtime.images import load_image
+
+    cfg = gen.config
+    device = next(gen.model.parameters()).device
+    if isinstance(image, torch.Tensor):
+        pixels = image
+    else:
+        pixels = load_image(image, cfg.height, cfg.width)
+    with torch.no_grad():
+        first = gen.autoencoder.encode_image(pixels.to(device))
+        emb, mask = gen.text_encoder.encode([prompt])
+        text = gen.model.prepare_text(emb.to(device), mask.to(device))
+    return WorldSession(gen.model, text, first_latent=first, intrinsics_latent=latent_intrinsics(cfg, intrinsics, src_hw),
+                        seed=seed, autoencoder=gen.autoencoder, timesteps=timesteps)

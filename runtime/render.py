@@ -1,0 +1,146 @@
+"""`sana-wm render`: a camera path (actions, camera file, or a recorded log) -> MP4 + a replayable sidecar.
+
+The MP4 is fragmented and the sidecar is rewritten after every chunk, so an interrupted render leaves a
+playable file and a log of what it holds.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime.camera import actions_to_c2w, format_actions, load_camera, load_intrinsics, parse_actions
+from runtime.camera import snap_num_frames
+
+SIDECAR_VERSION = 1
+
+
+class RenderInputError(ValueError):
+    """Bad user input for a render: one line, exit code 2."""
+
+
+@dataclass
+class WalkPlan:
+    """Everything that determines a walk's frames (what the sidecar stores for an exact replay)."""
+
+    c2w: np.ndarray                 # [N, 4, 4] raw-frame poses
+    num_frames: int                 # frames to write (8k + 1)
+    actions: str | None = None      # the action string, when the walk came from keys
+    intrinsics: np.ndarray | None = None   # [4] or [F, 4] source-image pixels
+    image_hw: tuple[int, int] | None = None
+    meta: dict = field(default_factory=dict)
+
+
+def plan_from_actions(actions: str, frames: int | None, **speeds) -> WalkPlan:
+    keys = parse_actions(actions)            # raises ValueError naming the segment
+    c2w = actions_to_c2w(keys, **speeds)
+    n = snap_num_frames(frames or len(c2w), max_frames=len(c2w) if frames is None else None)
+    return WalkPlan(_extend(c2w, n), n, actions=format_actions(keys))
+
+
+def plan_from_camera(path: str, intrinsics_path: str | None, frames: int | None) -> WalkPlan:
+    cam = load_camera(path)                  # raises ValueError naming the file and problem
+    if frames is not None and frames > cam.num_frames:
+        raise RenderInputError(f"--frames {frames} is longer than the camera path ({cam.num_frames} frames in "
+                               f"{path})")
+    n = snap_num_frames(frames or cam.num_frames, max_frames=cam.num_frames)
+    intr = cam.intrinsics
+    if intrinsics_path is not None:
+        intr = load_intrinsics(intrinsics_path, cam.num_frames)
+    return WalkPlan(cam.c2w[:n], n, intrinsics=intr, image_hw=cam.image_size)
+
+
+def _extend(c2w: np.ndarray, n: int) -> np.ndarray:
+    """At least n poses: a path shorter than the video holds its last pose."""
+    if len(c2w) >= n:
+        return c2w[:n]
+    return np.concatenate([c2w, np.repeat(c2w[-1:], n - len(c2w), axis=0)])
+
+
+def _file_digest(path: str | None) -> str | None:
+    if path is None or not Path(path).is_file():
+        return None
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def sidecar_path(out: Path) -> Path:
+    return out.with_suffix(".json")
+
+
+def load_sidecar(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RenderInputError(f"{path}: no such replay log") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RenderInputError(f"{path}: not a sana-wm log ({exc})") from None
+    if not isinstance(data, dict) or data.get("kind") != "sana-wm-walk" or "c2w" not in data:
+        raise RenderInputError(f"{path}: not a sana-wm walk log")
+    return data
+
+
+def plan_from_sidecar(data: dict) -> WalkPlan:
+    c2w = np.asarray(data["c2w"], dtype=np.float64)
+    intr = None if data.get("intrinsics") is None else np.asarray(data["intrinsics"], dtype=np.float64)
+    hw = tuple(data["image_hw"]) if data.get("image_hw") else None
+    return WalkPlan(c2w, int(data["num_frames"]), actions=data.get("actions"), intrinsics=intr, image_hw=hw)
+
+
+def render_walk(gen, image, prompt: str, plan: WalkPlan, out: Path, *, seed: int, image_ref: str | None,
+                model_name: str, progress: bool = True) -> dict:
+    """Generate the walk chunk by chunk into `out` (MP4) and its sidecar; returns the sidecar dict."""
+    from tqdm import tqdm
+
+    from runtime.pipeline import open_session
+    from runtime.video import Mp4Writer
+
+    cfg = gen.config
+    session = open_session(gen, image, prompt, seed=seed, intrinsics=plan.intrinsics, src_hw=plan.image_hw)
+    sidecar = {
+        "kind": "sana-wm-walk", "version": SIDECAR_VERSION, "model": model_name, "weights": gen.source,
+        "config": cfg.name, "seed": seed, "prompt": prompt, "image": image_ref,
+        "image_sha256": _file_digest(image_ref), "actions": plan.actions,
+        "num_frames": plan.num_frames, "fps": cfg.fps, "timesteps": list(session.timesteps),
+        "intrinsics": None if plan.intrinsics is None else np.asarray(plan.intrinsics).tolist(),
+        "image_hw": list(plan.image_hw) if plan.image_hw else None,
+        "c2w": plan.c2w.tolist(), "chunks": [], "frames_written": 0, "complete": False,
+    }
+    side = sidecar_path(out)
+    written = 0
+    c2w = _extend(plan.c2w, plan.num_frames)
+    writer = Mp4Writer(out, (cfg.height, cfg.width), fps=cfg.fps)
+    bar = tqdm(total=plan.num_frames, unit="frame", desc=f"render {out.name}", disable=not progress)
+    try:
+        while written < plan.num_frames:
+            raw = session.next_raw_frames()
+            poses = _extend(c2w, raw.stop)[raw.start:raw.stop]
+            t0 = time.perf_counter()
+            result = session.step(poses)
+            frames = result.frames[: plan.num_frames - written]
+            writer.write(frames)
+            written += len(frames)
+            sidecar["chunks"].append({"index": result.chunk_index, "frames": len(frames),
+                                      **{k: round(v, 2) for k, v in result.timings.items()},
+                                      "wall_ms": round(1e3 * (time.perf_counter() - t0), 2)})
+            sidecar["frames_written"] = written
+            write_json_atomic(side, sidecar)
+            bar.update(len(frames))
+    finally:
+        bar.close()
+        writer.close()
+        session.close()
+    sidecar["complete"] = True
+    write_json_atomic(side, sidecar)
+    return sidecar

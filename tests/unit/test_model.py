@@ -1,0 +1,140 @@
+"""The stage-1 model: official layout on the meta device, chunk-causal invariants, configs."""
+import pytest
+import torch
+
+from runtime.config import ConfigError, config_from_dict, load_config
+from runtime.model import build_model, chunk_ranges
+from tests.model_inputs import random_inputs
+from tests.tolerances import FP32_REL, rel_err
+
+
+def official_layout() -> dict[str, tuple[int, ...]]:
+    """Key -> shape of the official bidirectional / streaming DiT, written out from spec section 7.3."""
+    C, Cc, F, H = 2240, 2304, 6720, 20
+    lay = {
+        "x_embedder.proj.weight": (C, 128, 1, 1, 1), "x_embedder.proj.bias": (C,),
+        "t_embedder.mlp.0.weight": (C, 256), "t_embedder.mlp.0.bias": (C,),
+        "t_embedder.mlp.2.weight": (C, C), "t_embedder.mlp.2.bias": (C,),
+        "t_block.1.weight": (6 * C, C), "t_block.1.bias": (6 * C,),
+        "y_embedder.y_proj.fc1.weight": (C, Cc), "y_embedder.y_proj.fc1.bias": (C,),
+        "y_embedder.y_proj.fc2.weight": (C, C), "y_embedder.y_proj.fc2.bias": (C,),
+        "y_embedder.y_embedding": (300, Cc), "attention_y_norm.weight": (C,),
+        "raymap_embedder.proj.weight": (C, 3, 1, 1, 1), "raymap_embedder.proj.bias": (C,),
+        "plucker_embedder.proj.weight": (C, 48, 1, 1, 1), "plucker_embedder.proj.bias": (C,),
+        "final_layer.linear.weight": (128, C), "final_layer.linear.bias": (128,),
+        "final_layer.scale_shift_table": (2, C),
+    }
+    for i in range(20):
+        b = f"blocks.{i}."
+        lay.update({
+            b + "scale_shift_table": (6, C), b + "plucker_proj.weight": (C, C), b + "plucker_proj.bias": (C,),
+            b + "attn.qkv.weight": (3 * C, C), b + "attn.proj.weight": (C, C), b + "attn.proj.bias": (C,),
+            b + "attn.q_norm.weight": (C,), b + "attn.k_norm.weight": (C,),
+            b + "attn.beta_proj.weight": (H, C), b + "attn.beta_proj.bias": (H,),
+            b + "attn.gate_proj.weight": (H, C), b + "attn.gate_proj.bias": (H,),
+            b + "attn.A_log": (H,), b + "attn.dt_bias": (H,), b + "attn.recall_gate": (1,),
+            b + "attn.output_gate.weight": (C, C), b + "attn.output_gate.bias": (C,),
+            b + "attn.q_norm_cam.weight": (C,), b + "attn.k_norm_cam.weight": (C,),
+            b + "cross_attn.q_linear.weight": (C, C), b + "cross_attn.q_linear.bias": (C,),
+            b + "cross_attn.kv_linear.weight": (2 * C, C), b + "cross_attn.kv_linear.bias": (2 * C,),
+            b + "cross_attn.proj.weight": (C, C), b + "cross_attn.proj.bias": (C,),
+            b + "cross_attn.q_norm.weight": (C,), b + "cross_attn.k_norm.weight": (C,),
+            b + "mlp.inverted_conv.conv.weight": (2 * F, C, 1, 1), b + "mlp.inverted_conv.conv.bias": (2 * F,),
+            b + "mlp.depth_conv.conv.weight": (2 * F, 1, 3, 3), b + "mlp.depth_conv.conv.bias": (2 * F,),
+            b + "mlp.point_conv.conv.weight": (C, F, 1, 1), b + "mlp.t_conv.weight": (C, C, 3, 1),
+        })
+        for name in ("q_proj_cam", "k_proj_cam", "v_proj_cam", "out_proj_cam"):
+            lay[b + f"attn.{name}.weight"] = (C, C)
+            lay[b + f"attn.{name}.bias"] = (C,)
+        if (i + 1) % 4:  # GDN blocks carry the K short convolutions
+            lay[b + "attn.conv_k.weight"] = (C, 1, 4)
+            lay[b + "attn.conv_k_cam.weight"] = (C, 1, 4)
+    return lay
+
+
+def test_full_model_on_meta_matches_official_layout_and_size():
+    model = build_model("sana-wm-streaming", device="meta", dtype=torch.bfloat16)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert abs(n_params - 2.66e9) / 2.66e9 < 0.01
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    expected = official_layout()
+    assert got == expected
+    # The official file also holds the Sana base's `pos_embed`, which the loader drops: 871 + 1 = 872.
+    assert len(expected) + 1 == 872
+    assert model.cfg.softmax_blocks == (3, 7, 11, 15, 19)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return build_model("tiny-world", init="random", seed=1)
+
+
+def test_chunk_causal_earlier_chunks_ignore_later_frames(tiny):
+    T = 10
+    x, ts, text, cam, plk = random_inputs(tiny, T)
+    chunks = chunk_ranges(T, 4, 3)
+    assert chunks == ((0, 4), (4, 7), (7, 10))
+    with torch.no_grad():
+        a = tiny(x, ts, text, cam, plk, chunks=chunks)
+        x2, cam2, plk2 = x.clone(), cam.clone(), plk.clone()
+        x2[:, :, 7:] = torch.randn_like(x2[:, :, 7:])
+        cam2[:, 7:, 3] += 0.5
+        plk2[:, :, 7:] += 1.0
+        b = tiny(x2, ts, text, cam2, plk2, chunks=chunks)
+    assert rel_err(b[:, :, :7], a[:, :, :7]) < FP32_REL
+    assert rel_err(b[:, :, 7:], a[:, :, 7:]) > 1e-2
+
+
+def test_bidirectional_earlier_frames_see_later_frames(tiny):
+    T = 10
+    x, ts, text, cam, plk = random_inputs(tiny, T)
+    with torch.no_grad():
+        a = tiny(x, ts, text, cam, plk)
+        x2 = x.clone()
+        x2[:, :, 7:] = torch.randn_like(x2[:, :, 7:])
+        b = tiny(x2, ts, text, cam, plk)
+    assert rel_err(b[:, :, :4], a[:, :, :4]) > 1e-3
+
+
+def test_every_frame_sees_its_own_camera(tiny):
+    T = 4
+    x, ts, text, cam, plk = random_inputs(tiny, T)
+    with torch.no_grad():
+        a = tiny(x, ts, text, cam, plk)
+        cam2 = cam.clone()
+        cam2[:, 2, 3] += 1.0            # translate latent frame 2 along x (UCPE branch only)
+        b = tiny(x, ts, text, cam2, plk)
+    assert rel_err(b, a) > 1e-4
+
+
+def test_chunk_ranges_merge_a_short_tail():
+    assert chunk_ranges(121, 4, 3)[-1] == (118, 121) and len(chunk_ranges(121, 4, 3)) == 40
+    assert chunk_ranges(41, 4, 3)[-1] == (37, 41)
+    assert chunk_ranges(4, 4, 3) == ((0, 4),)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    base = load_config("tiny-world").to_dict()
+    with pytest.raises(ConfigError, match="unknown key 'hiden_size'"):
+        config_from_dict({**base, "hiden_size": 3})
+    with pytest.raises(ConfigError, match="depth: expected int"):
+        config_from_dict({**base, "depth": "four"})
+    with pytest.raises(ConfigError, match="hidden_size"):
+        config_from_dict({**base, "hidden_size": 100})
+    with pytest.raises(ConfigError, match="denoising_timesteps"):
+        config_from_dict({**base, "denoising_timesteps": [1000, 500]})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="no config preset or file"):
+        load_config("no-such-model")
+    good = tmp_path / "mine.yaml"
+    good.write_text("\n".join(f"{k}: {v}" for k, v in base.items()))
+    assert load_config(good) == load_config("tiny-world")
+
+
+def test_config_is_frozen():
+    cfg = load_config("tiny-world")
+    with pytest.raises(Exception):
+        cfg.depth = 3
