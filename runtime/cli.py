@@ -79,6 +79,23 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    import torch
+
+    from runtime.bench import format_table, run_bench, write_json
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("no CUDA GPU here: `sana-wm bench` measures GPU speed (use --device cpu --model tiny-world "
+                         "for a CPU figure)")
+    result = run_bench(args.model, precision=args.precision, chunks=args.chunks, warmup=args.warmup,
+                       decode=args.decode, device=args.device)
+    print(format_table(result))
+    if args.json:
+        write_json(result, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sana-wm", description="SANA-WM interactive world explorer")
@@ -104,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output .mp4")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_render)
+
+    b = sub.add_parser("bench", help="streaming speed with random weights (GPU)")
+    b.add_argument("--model", default="sana-wm-streaming", help="sana-wm-streaming, tiny-world or a config path")
+    b.add_argument("--precision", default="bf16", choices=["bf16", "fp8", "nvfp4"])
+    b.add_argument("--chunks", type=int, default=10, help="timed chunks")
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--decode", action=argparse.BooleanOptionalAction, default=True, help="include the decoder")
+    b.add_argument("--device", default="cuda")
+    b.add_argument("--json", help="write the result as JSON")
+    b.set_defaults(func=cmd_bench)
     return p
 
 

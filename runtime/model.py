@@ -84,7 +84,8 @@ class SanaWorldModel(nn.Module):
 
     def forward(self, x: Tensor, timestep: Tensor, text: TextContext, camera: Tensor, plucker: Tensor, *,
                 chunks: tuple[tuple[int, int], ...] | None = None, frame_offset: int | None = None,
-                cache: StreamCache | None = None, write_cache: bool = False) -> Tensor:
+                cache: StreamCache | None = None, write_cache: bool = False,
+                positions: Tensor | None = None) -> Tensor:
         """Predict the flow velocity v = noise - x0.
 
         Args:
@@ -98,6 +99,8 @@ class SanaWorldModel(nn.Module):
             frame_offset: absolute latent index of the first frame (RoPE); defaults to the cache position.
             cache: streaming state of the earlier chunks (then the call must be one chunk).
             write_cache: store this chunk's state in `cache` (the clean pass at t = 0).
+            positions: [T] absolute latent frame indices as a device tensor (instead of frame_offset), so that a
+                captured CUDA graph reads the positions of each replay from a buffer.
         Returns:
             [B, Cin, T, h, w] velocity.
         """
@@ -115,7 +118,7 @@ class SanaWorldModel(nn.Module):
             frame_offset = cache.frames_done if cache is not None else 0
         dtype = self.x_embedder.proj.weight.dtype
 
-        frames = torch.arange(frame_offset, frame_offset + T, device=x.device)
+        frames = positions if positions is not None else torch.arange(frame_offset, frame_offset + T, device=x.device)
         rope = rope_tables(cfg.rope_split, frames, h, w, cfg.rope_theta)
         cam_rope = rope_tables(cfg.rope_split, frames, h, w, cfg.rope_theta, camera=True)
         rays = camera_conditions_to_ray_matrices(camera.float(), (h, w))
@@ -141,21 +144,25 @@ class SanaWorldModel(nn.Module):
 def randomize_(model: SanaWorldModel, seed: int = 0) -> SanaWorldModel:
     """Give every parameter a non-degenerate random value (zero-initialised branches included), so that
     every code path affects the output: for tests and speed benchmarks, never for generation."""
-    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def randn(shape):
+        return torch.randn(shape, generator=gen, device=device)
+
     with torch.no_grad():
         for name, p in model.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
             if leaf in ("A_log", "dt_bias"):
-                val = torch.randn(p.shape, generator=gen) * 0.5
+                val = randn(p.shape) * 0.5
             elif "norm" in name:
-                val = 1.0 + 0.1 * torch.randn(p.shape, generator=gen)
+                val = 1.0 + 0.1 * randn(p.shape)
             elif leaf == "scale_shift_table":
-                val = torch.randn(p.shape, generator=gen) * 0.1
+                val = randn(p.shape) * 0.1
             elif p.dim() >= 2:
-                fan_in = p[0].numel()
-                val = torch.randn(p.shape, generator=gen) / math.sqrt(fan_in)
+                val = randn(p.shape) / math.sqrt(p[0].numel())
             else:
-                val = torch.randn(p.shape, generator=gen) * 0.02
+                val = randn(p.shape) * 0.02
             p.copy_(val.to(p.dtype))
     return model
 
@@ -175,7 +182,8 @@ def build_model(config: str | ModelConfig, *, device: str | torch.device = "cpu"
         with torch.device("meta"):
             return SanaWorldModel(cfg).to(dtype)
     torch.manual_seed(seed)
-    model = SanaWorldModel(cfg)
+    with torch.device(device):   # allocate and initialise where the model runs (2.6B params on the GPU)
+        model = SanaWorldModel(cfg)
     if init == "random":
         randomize_(model, seed)
-    return model.to(device=device, dtype=dtype).eval()
+    return model.to(dtype=dtype).eval()

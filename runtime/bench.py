@@ -1,0 +1,201 @@
+"""`sana-wm bench`: streaming speed of the generator (and decoder) with random weights.
+
+Speed does not depend on the weights, so the full 2.6B model is measured with random ones. Reported: time to
+first frame, ms per chunk (p50 / p95) for the generator alone and with the decoder, frames per second, times
+real time, the fraction of the matmul floor reached (floor = the chunk's matmul FLOPs over the measured bf16
+matmul rate), and peak GPU memory.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.camera import actions_to_c2w
+
+
+def matmul_peak_tflops(device, n: int = 8192, reps: int = 10) -> float:
+    """Measured bf16 matmul rate on random data (never zeros: they run faster than real data)."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        a @ b
+    end.record()
+    torch.cuda.synchronize()
+    return 2 * n**3 * reps / (start.elapsed_time(end) / 1e3) / 1e12
+
+
+def chunk_flops(cfg, frames: int, cached_frames: int, passes: int) -> float:
+    """Matmul + attention FLOPs of one chunk (all passes): linear layers, 1x1 convs, the FFN temporal conv,
+    softmax attention over cache + chunk, cross-attention, and the GDN scans' D x D products."""
+    C, S, H, D = cfg.hidden_size, cfg.tokens_per_frame, cfg.num_heads, cfg.head_dim
+    N = frames * S
+    Fh = cfg.mlp_hidden
+    per_block_linear = (3 * C * C + C * C + C * C      # qkv, proj, output gate
+                        + 4 * C * C                     # camera q/k/v/out
+                        + C * C                         # plucker proj
+                        + 2 * C * C                     # cross q + proj
+                        + C * 2 * Fh + Fh * C           # FFN 1x1 convs
+                        + 3 * C * C)                    # temporal conv (3 taps)
+    flops = 2 * N * per_block_linear * cfg.depth
+    flops += 2 * N * 9 * 2 * Fh * cfg.depth                              # depthwise 3x3
+    L = cfg.text_max_length
+    flops += 4 * N * L * C * cfg.depth                                    # cross-attention scores + values
+    keys = (frames + cached_frames) * S
+    flops += 2 * 4 * N * keys * C * len(cfg.softmax_blocks)               # main + camera softmax
+    gdn = len(cfg.gdn_blocks)
+    # Per frame and head: W = K^T B K and U = V^T B K (S x D x D each), outputs Q S^T: both directions,
+    # main (+ z stream) and camera.
+    flops += gdn * 2 * 2 * (2 * frames * H * S * D * D * 3 + frames * H * S * D * D * 2)
+    return float(flops * passes)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parents[1], timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chunks: int = 10, warmup: int = 3,
+              decode: bool = True, device: str = "cuda", seed: int = 0) -> dict:
+    from runtime.model import build_model
+    from runtime.pipeline import latent_intrinsics
+    from runtime.session import WorldSession
+
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    t_build = time.perf_counter()
+    net = build_model(model, device=dev, dtype=dtype, init="random", seed=seed)
+    if precision != "bf16":
+        from quant import quantize
+
+        quantize(net, precision)
+    cfg = net.cfg
+    ae = None
+    if decode:
+        ae = _bench_autoencoder(cfg, dev, dtype)
+    build_s = time.perf_counter() - t_build
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    emb = torch.randn(1, cfg.text_max_length, cfg.caption_channels, generator=g).to(dev, dtype)
+    text = net.prepare_text(emb, torch.ones(1, cfg.text_max_length, device=dev))
+    image = (torch.rand(1, 3, cfg.height, cfg.width, generator=g) * 2 - 1).to(dev, dtype)
+    total_chunks = warmup + chunks
+    poses = actions_to_c2w("w-40,wd-30,l-20,w-40,ai-20," * (1 + total_chunks // 4) + "none-10")
+
+    def new_session():
+        first = ae.encode_image(image) if ae is not None else torch.randn(
+            1, cfg.in_channels, 1, cfg.latent_height, cfg.latent_width, generator=g).to(dev, dtype)
+        return WorldSession(net, text, first_latent=first, intrinsics_latent=latent_intrinsics(cfg), seed=seed,
+                            autoencoder=ae)
+
+    def step(session):
+        raw = session.next_raw_frames()
+        return session.step(poses[raw.start:raw.stop])
+
+    # Warm-up session (allocator, cuDNN / cuBLAS heuristics, Triton compilation), then a fresh one timed.
+    s = new_session()
+    for _ in range(min(warmup, 2)):
+        step(s)
+    s.close()
+    _sync(dev)
+    t0 = time.perf_counter()
+    s = new_session()
+    first = step(s)
+    _sync(dev)
+    ttff = time.perf_counter() - t0
+    gen_ms, total_ms = [], []
+    for i in range(total_chunks - 1):
+        r = step(s)
+        if i >= warmup - 1:
+            gen_ms.append(r.timings["generate_ms"])
+            total_ms.append(r.timings["total_ms"])
+    s.close()
+    frames_per_chunk = cfg.chunk_size * cfg.frames_per_latent
+    video_s = frames_per_chunk / cfg.fps
+    p50_gen, p50_total = statistics.median(gen_ms), statistics.median(total_ms)
+    result = {
+        "model": model, "precision": precision, "device": torch.cuda.get_device_name(dev) if cuda else
+        platform.processor() or "cpu", "chunks_timed": len(gen_ms), "warmup_chunks": warmup,
+        "build_s": round(build_s, 2), "time_to_first_frame_s": round(ttff, 4),
+        "first_chunk_ms": round(first.timings["total_ms"], 2),
+        "generator_ms_per_chunk_p50": round(p50_gen, 2),
+        "generator_ms_per_chunk_p95": round(float(np.percentile(gen_ms, 95)), 2),
+        "with_decoder_ms_per_chunk_p50": round(p50_total, 2) if decode else None,
+        "with_decoder_ms_per_chunk_p95": round(float(np.percentile(total_ms, 95)), 2) if decode else None,
+        "generator_fps": round(frames_per_chunk / (p50_gen / 1e3), 1),
+        "generator_x_realtime": round(video_s / (p50_gen / 1e3), 2),
+        "end_to_end_x_realtime": round(video_s / (p50_total / 1e3), 2) if decode else None,
+        "frames_per_chunk": frames_per_chunk,
+        "commit": _git_commit(), "date": datetime.date.today().isoformat(),
+        "torch": torch.__version__,
+    }
+    passes = len(cfg.denoising_timesteps)   # denoising steps + the cache pass
+    cached = cfg.first_chunk_size + cfg.chunk_size * max(0, cfg.kv_cache_chunks - 1)
+    flops = chunk_flops(cfg, cfg.chunk_size, cached, passes)
+    result["chunk_tflop"] = round(flops / 1e12, 2)
+    if cuda:
+        peak = matmul_peak_tflops(dev)
+        floor_ms = flops / (peak * 1e12) * 1e3
+        result.update({"matmul_peak_tflops": round(peak, 1), "matmul_floor_ms_per_chunk": round(floor_ms, 2),
+                       "fraction_of_floor": round(floor_ms / p50_gen, 3),
+                       "achieved_tflops": round(flops / (p50_gen / 1e3) / 1e12, 1),
+                       "peak_memory_gb": round(torch.cuda.max_memory_allocated(dev) / 1e9, 2)})
+    return result
+
+
+def _bench_autoencoder(cfg, dev, dtype):
+    if cfg.vae in ("ltx2", "ltx2-causal"):
+        from diffusers import AutoencoderKLLTX2Video
+
+        from runtime.ltx2_vae import LTX2Autoencoder, ltx2_config
+
+        with torch.device(dev):
+            vae = AutoencoderKLLTX2Video(**ltx2_config(causal=cfg.vae == "ltx2-causal"))
+        return LTX2Autoencoder(vae, device=dev, dtype=dtype)
+    from runtime.decoder import load_autoencoder
+
+    return load_autoencoder(cfg.vae, device=dev, dtype=dtype)
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def format_table(r: dict) -> str:
+    rows = [("GPU / device", r["device"]), ("model / precision", f"{r['model']} / {r['precision']}"),
+            ("time to first frame", f"{r['time_to_first_frame_s']:.3f} s"),
+            ("generator ms/chunk p50 / p95", f"{r['generator_ms_per_chunk_p50']} / {r['generator_ms_per_chunk_p95']}"),
+            ("generator fps, x real time", f"{r['generator_fps']}, {r['generator_x_realtime']}x")]
+    if r.get("with_decoder_ms_per_chunk_p50") is not None:
+        rows.append(("with decoder ms/chunk p50 / p95",
+                     f"{r['with_decoder_ms_per_chunk_p50']} / {r['with_decoder_ms_per_chunk_p95']}"))
+        rows.append(("end to end x real time", f"{r['end_to_end_x_realtime']}x"))
+    if "fraction_of_floor" in r:
+        rows.append(("matmul floor ms/chunk (fraction)", f"{r['matmul_floor_ms_per_chunk']} ({r['fraction_of_floor']})"))
+        rows.append(("peak memory", f"{r['peak_memory_gb']} GB"))
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+def write_json(result: dict, path: str | Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
