@@ -96,6 +96,28 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import json
+
+    from runtime.evaluate import EvalConfig, evaluate, stability
+    from runtime.pipeline import load_generator
+
+    gen = load_generator(args.model, device=args.device)
+    report = evaluate(gen, EvalConfig(clips=args.clips, seconds=args.seconds, seed=args.seed))
+    if args.long_seconds > 0:
+        report["stability"] = stability(gen, args.long_seconds, seed=args.seed)
+    s = report["summary"]
+    for key in sorted(s):
+        print(f"{key:<34}{s[key]:.4f}" if isinstance(s[key], float) else f"{key:<34}{s[key]}")
+    if "stability" in report:
+        print(f"{'long walk ' + str(args.long_seconds) + ' s no collapse':<34}{report['stability']['no_collapse']}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.json}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sana-wm", description="SANA-WM interactive world explorer")
@@ -121,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", required=True, help="output .mp4")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_render)
+
+    e = sub.add_parser("eval", help="PSNR / SSIM / camera following / stability on held-out procedural walks")
+    e.add_argument("--model", default="tiny-world")
+    e.add_argument("--device", default="cpu")
+    e.add_argument("--clips", type=int, default=8)
+    e.add_argument("--seconds", type=float, default=4.0)
+    e.add_argument("--long-seconds", type=float, default=60.0, help="length of the stability walk (0: skip)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--json", help="write the full report as JSON")
+    e.set_defaults(func=cmd_eval)
 
     b = sub.add_parser("bench", help="streaming speed with random weights (GPU)")
     b.add_argument("--model", default="sana-wm-streaming", help="sana-wm-streaming, tiny-world or a config path")
