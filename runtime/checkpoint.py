@@ -116,6 +116,8 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     own = model.state_dict(keep_vars=True)
+    if path.suffix == ".safetensors" and any(k.endswith(".weight_scale") for k in checkpoint_shapes(path)):
+        return _load_quantized(model, path, strict)
     if path.suffix == ".safetensors":
         raw = checkpoint_shapes(path)
         strip = bool(raw) and all(k.startswith("model.") for k in raw)
@@ -139,6 +141,20 @@ def load_checkpoint(model: nn.Module, path: str | Path, *, strict: bool = True) 
             loaded += 1
     missing = sorted(set(own) - set(theirs))
     return {"loaded": loaded, "missing": missing, "unexpected": unexpected}
+
+
+def _load_quantized(model: nn.Module, path: Path, strict: bool) -> dict:
+    """NVFP4 / FP8 checkpoints (modelopt layout): quantized modules are built straight from the packed tensors,
+    never through a bf16 copy of the weights."""
+    from quant import load_quantized_state_dict
+
+    state = dict(iter_checkpoint(path))          # memory-mapped tensors
+    try:
+        load_quantized_state_dict(model, state, strict=strict)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise CheckpointError(f"{path}: does not match the model: {first}") from None
+    return {"loaded": len(state), "missing": [], "unexpected": []}
 
 
 def _check_layout(path: Path, own: dict, theirs: dict[str, tuple], strict: bool) -> None:

@@ -118,6 +118,35 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_quantize(args) -> int:
+    from quant import quantize_state_dict
+    from runtime.checkpoint import iter_checkpoint
+    from safetensors.torch import save_file
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"--out must name a .safetensors file, got {args.out!r}")
+    state = dict(iter_checkpoint(args.input))
+    q = quantize_state_dict(state, args.format)
+    n_q = sum(1 for k in q if k.endswith(".weight_scale"))
+    if n_q == 0:
+        raise UsageError(f"{args.input}: the {args.format} policy selects no layer of this checkpoint")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".safetensors.tmp")
+    save_file({k: v.contiguous() for k, v in q.items()}, str(tmp), metadata={"quantization": args.format})
+    tmp.replace(out)
+    size = lambda d: sum(t.numel() * t.element_size() for t in d.values())  # noqa: E731
+    print(f"wrote {out}: {n_q} layers in {args.format}, {size(state) / 1e6:.1f} MB -> {size(q) / 1e6:.1f} MB")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from runtime.server import serve_command
+
+    return serve_command(host=args.host, port=args.port, model=args.model, device=args.device,
+                         max_sessions=args.max_sessions, token_file=args.token_file)
+
+
 # ------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sana-wm", description="SANA-WM interactive world explorer")
@@ -144,6 +173,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_render)
 
+    sv = sub.add_parser("serve", help="serve world sessions over TCP to remote explorers (docs/protocol.md)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond loopback needs --token-file)")
+    sv.add_argument("--port", type=int, default=7717, help="TCP port (0: any free port; default 7717)")
+    sv.add_argument("--model", default="tiny-world", help="tiny-world (default, embedded), a preset, or a model folder")
+    sv.add_argument("--device", default="cpu", help="cpu or cuda")
+    sv.add_argument("--max-sessions", type=int, default=2, help="sessions at once on this GPU (default 2)")
+    sv.add_argument("--token-file", help="file holding the shared secret clients must send")
+    sv.set_defaults(func=cmd_serve)
+
     e = sub.add_parser("eval", help="PSNR / SSIM / camera following / stability on held-out procedural walks")
     e.add_argument("--model", default="tiny-world")
     e.add_argument("--device", default="cpu")
@@ -153,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--json", help="write the full report as JSON")
     e.set_defaults(func=cmd_eval)
+
+    qz = sub.add_parser("quantize", help="write an NVFP4 / FP8 checkpoint (modelopt layout) of a checkpoint")
+    qz.add_argument("--in", dest="input", required=True, help="checkpoint (.safetensors / .pt)")
+    qz.add_argument("--out", required=True, help="output .safetensors")
+    qz.add_argument("--format", default="nvfp4", choices=["nvfp4", "fp8", "fp8_block"])
+    qz.set_defaults(func=cmd_quantize)
 
     b = sub.add_parser("bench", help="streaming speed with random weights (GPU)")
     b.add_argument("--model", default="sana-wm-streaming", help="sana-wm-streaming, tiny-world or a config path")
