@@ -1,6 +1,6 @@
 """Per-token pre-processing of the GDN block (spec 2.2) and the UCPE camera transforms (spec 4.3).
 
-Two ops, each with a pure-PyTorch fp32 reference here and a Triton version in `kernels.prep_triton`;
+Three ops, each with a pure-PyTorch fp32 reference here and a Triton version in `kernels.prep_triton`;
 the public functions pick Triton on CUDA and the reference elsewhere (same rule as `kernels.gdn`).
 
 * `gdn_prep`: full-channel RMSNorm -> ReLU -> key scale -> split heads -> interleaved RoPE, producing the
@@ -8,17 +8,35 @@ the public functions pick Triton on CUDA and the reference elsewhere (same rule 
 * `ucpe_prep`: the camera branch's per-ray transform of a [B, H, T, S, D] tensor: the first D/2 dims are
   D/8 homogeneous 4-vectors multiplied by a 4x4 matrix built from the per-token pose P, the last D/2 dims
   get the camera RoPE (inverse rotation for the output).
+* `ucpe_qkv_prep`: the whole camera-branch prep in one pass (spec 4.3 step 5-6): `gdn_prep` without RoPE on
+  q and k, UCPE on q ("q"), k and v ("kv"), and the per-frame key-norm inflation for the beta discount.
+  Same results as the three separate ops, about a third of the memory traffic.
+
+`out_dtype` (default fp32) sets the dtype of the results; bf16 halves the traffic of the op and of the scan
+that reads them, at bf16 rounding of q / k / v (the math stays fp32).
 
 RoPE convention (both ops): pairs (2j, 2j+1) rotate by angle theta_j,
     y0 = x0 cos - x1 sin,   y1 = x0 sin + x1 cos      (the inverse uses -theta).
 """
 from __future__ import annotations
 
+import os
+
+import importlib.util
+
 import torch
 from torch import Tensor
 
-__all__ = ["gdn_prep", "ucpe_prep", "gdn_prep_reference", "ucpe_prep_reference", "UCPE_MODES",
-           "rigid_inverse"]
+__all__ = [
+    "UCPE_MODES",
+    "gdn_prep",
+    "gdn_prep_reference",
+    "rigid_inverse",
+    "ucpe_prep",
+    "ucpe_prep_reference",
+    "ucpe_qkv_prep",
+    "ucpe_qkv_prep_reference",
+]
 
 UCPE_MODES = ("q", "kv", "out")
 
@@ -90,6 +108,50 @@ def ucpe_prep_reference(x: Tensor, P: Tensor, cam_cos: Tensor, cam_sin: Tensor, 
     return torch.cat((g_out, r_out), dim=-1)
 
 
+def _norm_heads(x: Tensor, weight: Tensor, eps: float, relu: bool, scale: float, num_heads: int) -> Tensor:
+    """[B, T, S, C] -> RMSNorm (full C) -> ReLU -> * scale -> [B, H, T, S, D] fp32."""
+    B, T, S, C = x.shape
+    y = _rms_norm(x, weight, eps)
+    if relu:
+        y = torch.relu(y)
+    return (y * scale).view(B, T, S, num_heads, C // num_heads).permute(0, 3, 1, 2, 4).contiguous()
+
+
+def ucpe_qkv_prep_reference(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: Tensor, P: Tensor,
+                            cam_cos: Tensor, cam_sin: Tensor, *, num_heads: int, key_scale: float,
+                            eps: float = 1e-5, relu: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """fp32 PyTorch reference of `ucpe_qkv_prep` (same arguments and results)."""
+    _check_ucpe_qkv(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads)
+    B, T, S, C = q.shape
+    qh = _norm_heads(q, q_weight, eps, relu, 1.0, num_heads)
+    kh = _norm_heads(k, k_weight, eps, relu, key_scale, num_heads)
+    vh = v.float().view(B, T, S, num_heads, C // num_heads).permute(0, 3, 1, 2, 4)
+    qp = ucpe_prep_reference(qh, P, cam_cos, cam_sin, "q")
+    kp = ucpe_prep_reference(kh, P, cam_cos, cam_sin, "kv")
+    vp = ucpe_prep_reference(vh, P, cam_cos, cam_sin, "kv")
+    inflation = (kp.pow(2).sum(-1) / kh.pow(2).sum(-1).clamp_min(1e-12)).mean(-1)
+    return qp, kp, vp, inflation
+
+
+def _check_ucpe_qkv(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads):
+    if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
+        raise ValueError(f"ucpe_qkv_prep: q, k, v must be [B, T, S, C] of one shape; got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    B, T, S, C = q.shape
+    if C % num_heads or (C // num_heads) % 8:
+        raise ValueError(f"ucpe_qkv_prep: C={C} must split into {num_heads} heads of a multiple of 8")
+    D = C // num_heads
+    if q_weight.shape != (C,) or k_weight.shape != (C,):
+        raise ValueError(f"ucpe_qkv_prep: norm weights must be [{C}]; got {tuple(q_weight.shape)}, "
+                         f"{tuple(k_weight.shape)}")
+    if P.shape != (B, T, S, 4, 4):
+        raise ValueError(f"ucpe_qkv_prep: P must be [B, T, S, 4, 4] = {(B, T, S, 4, 4)}; got {tuple(P.shape)}")
+    if cam_cos.shape != (T, S, D // 4) or cam_sin.shape != (T, S, D // 4):
+        raise ValueError(f"ucpe_qkv_prep: cam cos/sin must be [T, S, D/4] = {(T, S, D // 4)}; got "
+                         f"{tuple(cam_cos.shape)}, {tuple(cam_sin.shape)}")
+    return B, T, S, C
+
+
 def _check_prep(q, k, q_weight, k_weight, rope_cos, rope_sin, num_heads):
     if q.dim() != 4 or k.shape != q.shape:
         raise ValueError(f"gdn_prep: q and k must be [B, T, S, C] of one shape; got {tuple(q.shape)}, "
@@ -124,25 +186,76 @@ def _check_ucpe(x, P, cam_cos, cam_sin, mode):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# torch.library custom ops around the Triton kernels (graph-safe: torch.compile sees one opaque op).
+# ----------------------------------------------------------------------------------------------------------
+@torch.library.custom_op("sana_wm::gdn_prep", mutates_args=())
+def _gdn_prep_op(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, rope_cos: Tensor, rope_sin: Tensor,
+                 num_heads: int, key_scale: float, eps: float, relu: bool,
+                 out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from kernels.prep_triton import gdn_prep_triton
+
+    return gdn_prep_triton(q, k, q_weight, k_weight, rope_cos, rope_sin, num_heads=num_heads,
+                           key_scale=key_scale, eps=eps, relu=relu, out_dtype=out_dtype)
+
+
+@_gdn_prep_op.register_fake
+def _(q, k, q_weight, k_weight, rope_cos, rope_sin, num_heads, key_scale, eps, relu, out_dtype):
+    B, T, S, C = q.shape
+    shape = (B, num_heads, T, S, C // num_heads)
+    return tuple(q.new_empty(shape, dtype=out_dtype) for _ in range(4))
+
+
+@torch.library.custom_op("sana_wm::ucpe_prep", mutates_args=())
+def _ucpe_prep_op(x: Tensor, P: Tensor, cam_cos: Tensor, cam_sin: Tensor, mode: str,
+                  out_dtype: torch.dtype) -> Tensor:
+    from kernels.prep_triton import ucpe_prep_triton
+
+    return ucpe_prep_triton(x, P, cam_cos, cam_sin, mode, out_dtype=out_dtype)
+
+
+@_ucpe_prep_op.register_fake
+def _(x, P, cam_cos, cam_sin, mode, out_dtype):
+    return x.new_empty(x.shape, dtype=out_dtype)
+
+
+@torch.library.custom_op("sana_wm::ucpe_qkv_prep", mutates_args=())
+def _ucpe_qkv_prep_op(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: Tensor, P: Tensor,
+                      cam_cos: Tensor, cam_sin: Tensor, num_heads: int, key_scale: float, eps: float, relu: bool,
+                      out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    from kernels.prep_triton import ucpe_qkv_prep_triton
+
+    return ucpe_qkv_prep_triton(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads=num_heads,
+                                key_scale=key_scale, eps=eps, relu=relu, out_dtype=out_dtype)
+
+
+@_ucpe_qkv_prep_op.register_fake
+def _(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads, key_scale, eps, relu, out_dtype):
+    B, T, S, C = q.shape
+    shape = (B, num_heads, T, S, C // num_heads)
+    return (*(q.new_empty(shape, dtype=out_dtype) for _ in range(3)),
+            q.new_empty((B, num_heads, T), dtype=torch.float32))
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Public ops
 # ----------------------------------------------------------------------------------------------------------
+# Whether triton is installed, decided once at import: `_use_triton` then stays free of imports and
+# try/except, so torch.compile traces through the public functions without a graph break.
+_HAVE_TRITON = importlib.util.find_spec("triton") is not None
+
+
 def _use_triton(x: Tensor, impl: str) -> bool:
     if impl == "reference":
         return False
     if impl == "triton":
         return True
-    if not x.is_cuda:
-        return False
-    try:
-        import kernels.prep_triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    # SANA_WM_KERNELS=reference forces the PyTorch references everywhere (baselines, debugging).
+    return x.is_cuda and _HAVE_TRITON and os.environ.get("SANA_WM_KERNELS", "auto") != "reference"
 
 
 def gdn_prep(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, rope_cos: Tensor, rope_sin: Tensor, *,
              num_heads: int, key_scale: float, eps: float = 1e-5, relu: bool = True,
-             impl: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+             out_dtype: torch.dtype = torch.float32, impl: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """RMSNorm (full C) -> ReLU -> key scale -> heads -> RoPE for the GDN scans (spec 2.2 steps 3-5).
 
     Args:
@@ -153,21 +266,22 @@ def gdn_prep(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, rope_cos:
         key_scale: multiplies k after the ReLU (D^-1/2 S^-1/2 in SANA-WM).
         eps: RMSNorm epsilon.
         relu: apply ReLU after the norm.
+        out_dtype: dtype of the results (fp32 default; bf16 halves the traffic).
         impl: "auto" (Triton on CUDA), "triton" or "reference".
     Returns:
-        (q, k, q_rot, k_rot), each [B, H, T, S, D] fp32: plain (z stream) and rotated (numerator stream).
+        (q, k, q_rot, k_rot), each [B, H, T, S, D] in out_dtype: plain (z stream) and rotated (numerator).
     """
     if _use_triton(q, impl):
-        from kernels.prep_triton import gdn_prep_triton
-
-        return gdn_prep_triton(q, k, q_weight, k_weight, rope_cos, rope_sin, num_heads=num_heads,
-                               key_scale=key_scale, eps=eps, relu=relu)
-    return gdn_prep_reference(q, k, q_weight, k_weight, rope_cos, rope_sin, num_heads=num_heads,
-                              key_scale=key_scale, eps=eps, relu=relu)
+        _check_prep(q, k, q_weight, k_weight, rope_cos, rope_sin, num_heads)
+        return torch.ops.sana_wm.gdn_prep(q, k, q_weight, k_weight, rope_cos, rope_sin, num_heads,
+                                          float(key_scale), float(eps), relu, out_dtype)
+    out = gdn_prep_reference(q, k, q_weight, k_weight, rope_cos, rope_sin, num_heads=num_heads,
+                             key_scale=key_scale, eps=eps, relu=relu)
+    return tuple(t.to(out_dtype) for t in out)
 
 
 def ucpe_prep(x: Tensor, P: Tensor, cam_cos: Tensor, cam_sin: Tensor, mode: str, *,
-              impl: str = "auto") -> Tensor:
+              out_dtype: torch.dtype = torch.float32, impl: str = "auto") -> Tensor:
     """UCPE per-ray transform of the camera branch (spec 4.3 step 3).
 
     Args:
@@ -176,12 +290,41 @@ def ucpe_prep(x: Tensor, P: Tensor, cam_cos: Tensor, cam_sin: Tensor, mode: str,
         cam_cos, cam_sin: [T, S, D/4] camera RoPE tables for the last D/2 dims.
         mode: "q" (groups g -> P^T g, RoPE), "kv" (g -> P^-1 g, RoPE) or "out" (g -> P g, inverse RoPE).
             The first D/2 dims are D/8 groups of 4 consecutive dims.
+        out_dtype: dtype of the result (fp32 default).
         impl: "auto" (Triton on CUDA), "triton" or "reference".
     Returns:
-        [B, H, T, S, D] fp32.
+        [B, H, T, S, D] in out_dtype.
     """
     if _use_triton(x, impl):
-        from kernels.prep_triton import ucpe_prep_triton
+        _check_ucpe(x, P, cam_cos, cam_sin, mode)
+        return torch.ops.sana_wm.ucpe_prep(x, P, cam_cos, cam_sin, mode, out_dtype)
+    return ucpe_prep_reference(x, P, cam_cos, cam_sin, mode).to(out_dtype)
 
-        return ucpe_prep_triton(x, P, cam_cos, cam_sin, mode)
-    return ucpe_prep_reference(x, P, cam_cos, cam_sin, mode)
+
+def ucpe_qkv_prep(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: Tensor, P: Tensor,
+                  cam_cos: Tensor, cam_sin: Tensor, *, num_heads: int, key_scale: float, eps: float = 1e-5,
+                  relu: bool = True, out_dtype: torch.dtype = torch.float32,
+                  impl: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Camera-branch prep in one pass: equal to
+        qh, kh, _, _ = gdn_prep(q, k, q_weight, k_weight, ..., num_heads, key_scale, eps, relu)
+        q' = ucpe_prep(qh, P, ..., "q"); k' = ucpe_prep(kh, P, ..., "kv"); v' = ucpe_prep(heads(v), P, ..., "kv")
+        inflation = mean_S(|k'|^2 / max(|kh|^2, 1e-12))      (per head and frame; beta_cam = beta / max(1, .))
+
+    Args:
+        q, k, v: [B, T, S, C] camera projections (k after its short conv), any float dtype.
+        q_weight, k_weight: [C] RMSNorm weights of q and k (v is not normalized).
+        P: [B, T, S, 4, 4] fp32 world -> ray-local rigid transforms.
+        cam_cos, cam_sin: [T, S, D/4] camera RoPE tables.
+        num_heads, key_scale, eps, relu: as `gdn_prep` (key_scale 1 and relu False for softmax blocks).
+        out_dtype: dtype of q', k', v' (fp32 default).
+        impl: "auto" (Triton on CUDA), "triton" or "reference".
+    Returns:
+        (q', k', v' [B, H, T, S, D] in out_dtype, inflation [B, H, T] fp32).
+    """
+    if _use_triton(q, impl):
+        _check_ucpe_qkv(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads)
+        return torch.ops.sana_wm.ucpe_qkv_prep(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads,
+                                               float(key_scale), float(eps), relu, out_dtype)
+    qp, kp, vp, inflation = ucpe_qkv_prep_reference(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin,
+                                                     num_heads=num_heads, key_scale=key_scale, eps=eps, relu=relu)
+    return qp.to(out_dtype), kp.to(out_dtype), vp.to(out_dtype), inflation

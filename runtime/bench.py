@@ -71,7 +71,7 @@ def _git_commit() -> str:
 
 
 def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chunks: int = 10, warmup: int = 3,
-              decode: bool = True, device: str = "cuda", seed: int = 0) -> dict:
+              decode: bool = True, device: str = "cuda", seed: int = 0, cuda_graphs: bool = True) -> dict:
     from runtime.model import build_model
     from runtime.pipeline import latent_intrinsics
     from runtime.session import WorldSession
@@ -103,7 +103,7 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
         first = ae.encode_image(image) if ae is not None else torch.randn(
             1, cfg.in_channels, 1, cfg.latent_height, cfg.latent_width, generator=g).to(dev, dtype)
         return WorldSession(net, text, first_latent=first, intrinsics_latent=latent_intrinsics(cfg), seed=seed,
-                            autoencoder=ae)
+                            autoencoder=ae, cuda_graphs=cuda_graphs and cuda)
 
     def step(session):
         raw = session.next_raw_frames()
@@ -144,7 +144,8 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
         "end_to_end_x_realtime": round(video_s / (p50_total / 1e3), 2) if decode else None,
         "frames_per_chunk": frames_per_chunk,
         "commit": _git_commit(), "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__,
+        "torch": torch.__version__, "cuda_graphs": cuda_graphs and cuda,
+        "kernels": __import__("os").environ.get("SANA_WM_KERNELS", "auto"),
     }
     passes = len(cfg.denoising_timesteps)   # denoising steps + the cache pass
     cached = cfg.first_chunk_size + cfg.chunk_size * max(0, cfg.kv_cache_chunks - 1)

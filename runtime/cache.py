@@ -52,18 +52,35 @@ class SoftmaxBlockCache:
         allkv = torch.cat(parts + [current], dim=3) if parts else current
         return tuple(allkv.unbind(0))
 
+    def claim(self, tokens: int) -> int:
+        """Bookkeeping of a write: where this chunk's K/V go (-1 = the sink), advancing the ring.
+
+        Separate from the copy so a replayed CUDA graph (whose copies are baked in) keeps the same records."""
+        if self.sink is not None and self.chunks_written == 0:
+            slot = -1
+            self.sink_tokens = tokens
+        elif self.ring_age:
+            slot = self.ring_age.index(-1) if -1 in self.ring_age else self.ring_age.index(min(self.ring_age))
+            self.ring_tokens[slot] = tokens
+            self.ring_age[slot] = self.chunks_written
+        else:
+            slot = None
+        self.chunks_written += 1
+        return slot
+
     def write(self, km: Tensor, vm: Tensor, kc: Tensor, vc: Tensor) -> None:
         current = torch.stack([km, vm, kc, vc])
         n = current.shape[3]
-        if self.sink is not None and self.chunks_written == 0:
+        slot = self.claim(n)
+        if slot == -1:
             self.sink[:, :, :, :n].copy_(current)
-            self.sink_tokens = n
-        elif self.ring_age:
-            slot = self.ring_age.index(-1) if -1 in self.ring_age else self.ring_age.index(min(self.ring_age))
+        elif slot is not None:
             self.ring[slot][:, :, :, :n].copy_(current)
-            self.ring_tokens[slot] = n
-            self.ring_age[slot] = self.chunks_written
-        self.chunks_written += 1
+
+    @property
+    def full(self) -> bool:
+        """Sink and every ring slot hold a chunk: from here on the attended context has a fixed shape."""
+        return (self.sink is None or self.sink_tokens > 0) and all(self.ring_tokens)
 
     def tensors(self) -> dict[str, Tensor]:
         out = {"ring": self.ring, "tconv": self.tconv}
@@ -98,6 +115,21 @@ class StreamCache:
                     tconv=tconv))
         self.chunks_done = 0
         self.frames_done = 0   # latent frames whose caches are written
+
+    @property
+    def steady(self) -> bool:
+        """Every softmax cache is full and its ring has at most one slot, so every later chunk reads and
+        writes the same buffers: the chunk step can be captured once in a CUDA graph and replayed."""
+        kv = [b for b in self.blocks if isinstance(b, SoftmaxBlockCache)]
+        return all(b.full and len(b.ring_tokens) <= 1 for b in kv)
+
+    def replay_bookkeeping(self, frames: int) -> None:
+        """The Python-side records of one chunk's cache pass (its tensor copies ran inside a graph)."""
+        S = self.cfg.tokens_per_frame
+        for b in self.blocks:
+            if isinstance(b, SoftmaxBlockCache):
+                b.claim(frames * S)
+        self.advance(frames)
 
     def advance(self, frames: int) -> None:
         self.chunks_done += 1

@@ -88,7 +88,7 @@ def cmd_bench(args) -> int:
         raise UsageError("no CUDA GPU here: `sana-wm bench` measures GPU speed (use --device cpu --model tiny-world "
                          "for a CPU figure)")
     result = run_bench(args.model, precision=args.precision, chunks=args.chunks, warmup=args.warmup,
-                       decode=args.decode, device=args.device)
+                       decode=args.decode, device=args.device, cuda_graphs=args.graphs)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
@@ -147,6 +147,35 @@ def cmd_serve(args) -> int:
                          max_sessions=args.max_sessions, token_file=args.token_file)
 
 
+def cmd_explore(args) -> int:
+    import os
+
+    from explorer.app import ExploreOptions, parse_hostport, run_explorer
+
+    if args.headless and not args.script:
+        raise UsageError("--headless needs --script ACTIONS (e.g. --script \"w-32,a-16\")")
+    if args.script is not None:
+        from runtime.camera import parse_actions
+
+        parse_actions(args.script)            # raises ValueError naming the bad segment
+    if args.record is not None and Path(args.record).suffix.lower() != ".mp4":
+        raise UsageError(f"--record must name an .mp4 file, got {args.record!r}")
+    if args.image is not None and not Path(args.image).is_file():
+        raise UsageError(f"--image: no such file {args.image!r}")
+    if args.connect is not None:
+        parse_hostport(args.connect)          # raises ValueError on a malformed HOST:PORT
+    try:
+        w, h = (int(v) for v in args.window.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--window: expected WIDTHxHEIGHT, got {args.window!r}") from None
+    opts = ExploreOptions(image=args.image, prompt=DEFAULT_PROMPT if args.prompt is None else args.prompt,
+                          model=args.model, device=args.device, connect=args.connect,
+                          token=args.token or os.environ.get("SANA_WM_TOKEN"), seed=args.seed,
+                          record=args.record, headless=args.headless, script=args.script, size=(w, h),
+                          fullscreen=args.fullscreen, hud="off" if args.no_hud else "hud", out_dir=args.out_dir)
+    return run_explorer(opts)
+
+
 # ------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sana-wm", description="SANA-WM interactive world explorer")
@@ -182,6 +211,23 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--token-file", help="file holding the shared secret clients must send")
     sv.set_defaults(func=cmd_serve)
 
+    x = sub.add_parser("explore", help="explore a world live: WASD/IJKL drive the camera (docs/explorer.md)")
+    x.add_argument("--image", help="first frame (default: the built-in start image)")
+    x.add_argument("--prompt", help="text prompt")
+    x.add_argument("--model", default="tiny-world", help="tiny-world (default, embedded), a preset, or a model folder")
+    x.add_argument("--device", default="cpu", help="cpu or cuda (local model)")
+    x.add_argument("--connect", metavar="HOST:PORT", help="use a `sana-wm serve` server instead of a local model")
+    x.add_argument("--token", help="shared secret for --connect (default: $SANA_WM_TOKEN)")
+    x.add_argument("--seed", type=int, default=0, help="noise seed (N picks the next one; default 0)")
+    x.add_argument("--record", metavar="OUT.mp4", help="record from the start (+ OUT.json for render --replay)")
+    x.add_argument("--headless", action="store_true", help="no window: play --script offscreen, then exit")
+    x.add_argument("--script", metavar="ACTIONS", help='keys to play as if held, e.g. "w-32,a-16,none-8"')
+    x.add_argument("--window", default="960x540", help="window size WIDTHxHEIGHT (default 960x540)")
+    x.add_argument("--fullscreen", action="store_true", help="start fullscreen (F11 toggles)")
+    x.add_argument("--no-hud", action="store_true", help="start with the HUD hidden (H cycles it)")
+    x.add_argument("--out-dir", default=".", help="folder for F12 screenshots and R recordings (default .)")
+    x.set_defaults(func=cmd_explore)
+
     e = sub.add_parser("eval", help="PSNR / SSIM / camera following / stability on held-out procedural walks")
     e.add_argument("--model", default="tiny-world")
     e.add_argument("--device", default="cpu")
@@ -202,9 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--model", default="sana-wm-streaming", help="sana-wm-streaming, tiny-world or a config path")
     b.add_argument("--precision", default="bf16", choices=["bf16", "fp8", "nvfp4"])
     b.add_argument("--chunks", type=int, default=10, help="timed chunks")
-    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--warmup", type=int, default=3, help="untimed chunks (the CUDA graph is captured in chunk 2)")
     b.add_argument("--decode", action=argparse.BooleanOptionalAction, default=True, help="include the decoder")
     b.add_argument("--device", default="cuda")
+    b.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="replay the steady-state chunk step from a CUDA graph")
     b.add_argument("--json", help="write the result as JSON")
     b.set_defaults(func=cmd_bench)
     return p

@@ -12,7 +12,8 @@ from torch import Tensor
 
 @torch.no_grad()
 def denoise_chunk(model, noise: Tensor, text, camera: Tensor, plucker: Tensor, cache, timesteps,
-                  clean_first: Tensor | None = None, write_cache: bool = True) -> Tensor:
+                  clean_first: Tensor | None = None, write_cache: bool = True,
+                  positions: Tensor | None = None) -> Tensor:
     """Denoise one chunk and (by default) write its state into `cache`.
 
     Args:
@@ -21,6 +22,7 @@ def denoise_chunk(model, noise: Tensor, text, camera: Tensor, plucker: Tensor, c
         cache: the session's StreamCache (positions come from it).
         timesteps: descending, ending with 0, e.g. (1000, 960, 889, 727, 0).
         clean_first: [B, C, h, w] latent of the first image: frame 0 is held clean at t = 0 (first chunk).
+        positions: [T] absolute latent indices as a device tensor (CUDA-graph replays), else from the cache.
     Returns:
         [B, C, T, h, w] clean latents.
     """
@@ -33,11 +35,11 @@ def denoise_chunk(model, noise: Tensor, text, camera: Tensor, plucker: Tensor, c
         t = torch.full((B, T), float(timesteps[i]), device=x.device)
         if clean_first is not None:
             t[:, 0] = 0.0
-        v = model(x, t, text, camera, plucker, cache=cache)
+        v = model(x, t, text, camera, plucker, cache=cache, positions=positions)
         x = x + (sigmas[i + 1] - sigmas[i]) * v.to(x.dtype)
         if clean_first is not None:
             x[:, :, 0] = clean_first
     if write_cache:
         zeros = torch.zeros(B, T, device=x.device)
-        model(x, zeros, text, camera, plucker, cache=cache, write_cache=True)
+        model(x, zeros, text, camera, plucker, cache=cache, write_cache=True, positions=positions)
     return x

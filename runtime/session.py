@@ -37,7 +37,7 @@ def _sync(device: torch.device) -> None:
 
 class WorldSession:
     def __init__(self, model, text, *, first_latent: Tensor, intrinsics_latent, seed: int = 0,
-                 autoencoder=None, timesteps=None):
+                 autoencoder=None, timesteps=None, cuda_graphs: bool = False):
         """
         Args:
             model: a SanaWorldModel.
@@ -47,6 +47,8 @@ class WorldSession:
             seed: noise seed; chunk k's noise depends only on (seed, k), so a rewound walk replays exactly.
             autoencoder: a VideoAutoencoder to decode frames (None: latents only).
             timesteps: denoising timesteps (default: the config's).
+            cuda_graphs: once the caches reach their steady shape (sink and window full), capture the whole
+                chunk step (every denoising pass and the cache pass) in one CUDA graph and replay it.
         """
         self.model = model
         self.cfg = model.cfg
@@ -64,6 +66,8 @@ class WorldSession:
         self.poses: list[np.ndarray] = []   # raw-frame c2w so far, relative to raw frame 0
         self._origin_inv: np.ndarray | None = None
         self.closed = False
+        self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        self._graph = None
 
     # ------------------------------------------------------------------------------------------------
     @property
@@ -115,8 +119,11 @@ class WorldSession:
         camera, plucker = self._camera_inputs(latents)
         noise = self._noise(len(latents))
         clean_first = self.first_latent[:, :, 0] if self.chunk_index == 0 else None
-        x0 = denoise_chunk(self.model, noise, self.text, camera, plucker, self.cache, self.timesteps,
-                           clean_first=clean_first)
+        if self.cuda_graphs and self.cache.steady and noise.shape[2] == self.cfg.chunk_size:
+            x0 = self._graph_step(noise, camera, plucker)
+        else:
+            x0 = denoise_chunk(self.model, noise, self.text, camera, plucker, self.cache, self.timesteps,
+                               clean_first=clean_first)
         _sync(self.device)
         t1 = time.perf_counter()
         frames = self.decoder.decode(x0) if self.decoder is not None else None
@@ -128,6 +135,40 @@ class WorldSession:
                               "total_ms": 1e3 * (t2 - t0)})
         self.chunk_index += 1
         return result
+
+    def _graph_step(self, noise: Tensor, camera: Tensor, plucker: Tensor) -> Tensor:
+        """The steady-state chunk step through one captured CUDA graph (captured on first use)."""
+        T = noise.shape[2]
+        if self._graph is None:
+            self._static = {"noise": noise.clone(), "camera": camera.clone(), "plucker": plucker.clone(),
+                            "positions": torch.zeros(T, dtype=torch.long, device=self.device)}
+            st = self._static
+
+            def run():
+                return denoise_chunk(self.model, st["noise"], self.text, st["camera"], st["plucker"], self.cache,
+                                     self.timesteps, positions=st["positions"])
+
+            st["positions"].copy_(torch.arange(self.cache.frames_done, self.cache.frames_done + T))
+            before = self.cache.snapshot()
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):          # warm-up off the capture stream (allocator, library handles)
+                run()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            self.cache.restore(before)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._graph_out = run()
+            self.cache.restore(before)             # capture ran no kernels but did the Python bookkeeping
+            self._graph = graph
+        st = self._static
+        st["noise"].copy_(noise)
+        st["camera"].copy_(camera)
+        st["plucker"].copy_(plucker)
+        st["positions"].copy_(torch.arange(self.cache.frames_done, self.cache.frames_done + T))
+        self._graph.replay()
+        self.cache.replay_bookkeeping(T)
+        return self._graph_out.clone()
 
     # ------------------------------------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -152,6 +193,8 @@ class WorldSession:
         if self.closed:
             return
         self.closed = True
+        self._graph = None
+        self._static = None
         if self.decoder is not None:
             self.decoder.close()
         self.cache = None
