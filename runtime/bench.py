@@ -71,7 +71,8 @@ def _git_commit() -> str:
 
 
 def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chunks: int = 10, warmup: int = 3,
-              decode: bool = True, device: str = "cuda", seed: int = 0, cuda_graphs: bool = True) -> dict:
+              decode: bool = True, device: str = "cuda", seed: int = 0, cuda_graphs: bool = True,
+              compile: bool = False) -> dict:
     from runtime.model import build_model
     from runtime.pipeline import latent_intrinsics
     from runtime.session import WorldSession
@@ -87,6 +88,10 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
         from quant import quantize
 
         quantize(net, precision)
+    if compile:
+        from runtime.model import compile_blocks
+
+        compile_blocks(net)
     cfg = net.cfg
     ae = None
     if decode:
@@ -144,7 +149,7 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
         "end_to_end_x_realtime": round(video_s / (p50_total / 1e3), 2) if decode else None,
         "frames_per_chunk": frames_per_chunk,
         "commit": _git_commit(), "date": datetime.date.today().isoformat(),
-        "torch": torch.__version__, "cuda_graphs": cuda_graphs and cuda,
+        "torch": torch.__version__, "cuda_graphs": cuda_graphs and cuda, "compile": compile,
         "kernels": __import__("os").environ.get("SANA_WM_KERNELS", "auto"),
     }
     passes = len(cfg.denoising_timesteps)   # denoising steps + the cache pass

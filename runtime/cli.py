@@ -88,7 +88,8 @@ def cmd_bench(args) -> int:
         raise UsageError("no CUDA GPU here: `sana-wm bench` measures GPU speed (use --device cpu --model tiny-world "
                          "for a CPU figure)")
     result = run_bench(args.model, precision=args.precision, chunks=args.chunks, warmup=args.warmup,
-                       decode=args.decode, device=args.device, cuda_graphs=args.graphs)
+                       decode=args.decode, device=args.device, cuda_graphs=args.graphs,
+                       compile=args.compile)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
@@ -253,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cuda")
     b.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="replay the steady-state chunk step from a CUDA graph")
+    b.add_argument("--compile", action="store_true", help="torch.compile each block")
     b.add_argument("--json", help="write the result as JSON")
     b.set_defaults(func=cmd_bench)
     return p

@@ -141,6 +141,14 @@ class SanaWorldModel(nn.Module):
         return out.permute(0, 3, 1, 2).reshape(B, cfg.in_channels, T, h, w)
 
 
+def compile_blocks(model: SanaWorldModel) -> SanaWorldModel:
+    """torch.compile each block (fuses the many small elementwise ops of norms, RoPE, UCPE, gates and the
+    temporal convs). Shapes are static per chunk kind, so each block compiles a few times at most."""
+    for blk in model.blocks:
+        blk.forward = torch.compile(blk.forward, dynamic=False)
+    return model
+
+
 def randomize_(model: SanaWorldModel, seed: int = 0) -> SanaWorldModel:
     """Give every parameter a non-degenerate random value (zero-initialised branches included), so that
     every code path affects the output: for tests and speed benchmarks, never for generation."""

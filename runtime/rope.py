@@ -10,8 +10,9 @@ import torch
 from torch import Tensor
 
 
-def _axis_freqs(dim: int, theta: float) -> Tensor:
-    return theta ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+def _axis_freqs(dim: int, theta: float, device) -> Tensor:
+    # Built on the target device: no host-to-device copy (the tables are rebuilt inside captured CUDA graphs).
+    return theta ** (-torch.arange(0, dim, 2, dtype=torch.float64, device=device) / dim)
 
 
 def rope_angles(split: tuple[int, int, int], frames: Tensor, height: int, width: int, theta: float,
@@ -20,10 +21,10 @@ def rope_angles(split: tuple[int, int, int], frames: Tensor, height: int, width:
 
     P = head_dim / 2 pairs for the main branch, head_dim / 4 for the camera branch (`camera=True`).
     """
-    freqs = [_axis_freqs(d, theta) for d in split]
+    freqs = [_axis_freqs(d, theta, frames.device) for d in split]
     if camera:
         freqs = [f[: len(f) // 2] for f in freqs]
-    ft, fh, fw = (f.to(frames.device) for f in freqs)
+    ft, fh, fw = freqs
     T, S = frames.numel(), height * width
     rows = torch.arange(height, dtype=torch.float64, device=frames.device)
     cols = torch.arange(width, dtype=torch.float64, device=frames.device)
