@@ -134,6 +134,8 @@ def _official_ltx2(name: str) -> AutoencoderFactory:
 
 register_autoencoder("ltx2", _official_ltx2("ltx2"))
 register_autoencoder("ltx2-causal", _official_ltx2("ltx2-causal"))
+# The embedded model's autoencoder, imported on first use.
+register_autoencoder("tiny-world", "runtime.tiny_vae:load_tiny_world")
 
 
 def load_autoencoder(name_or_path: str | Path, *, device: str | torch.device = "cpu",

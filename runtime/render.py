@@ -119,7 +119,8 @@ def render_walk(gen, image, prompt: str, plan: WalkPlan, out: Path, *, seed: int
     }
     side = sidecar_path(out)
     written = 0
-    c2w = _extend(plan.c2w, plan.num_frames)
+    # A recording logs the poses to the end of its last chunk: keep them (a replay then matches exactly).
+    c2w = plan.c2w if len(plan.c2w) >= plan.num_frames else _extend(plan.c2w, plan.num_frames)
     writer = Mp4Writer(out, (cfg.height, cfg.width), fps=cfg.fps)
     bar = tqdm(total=plan.num_frames, unit="frame", desc=f"render {out.name}", disable=not progress)
     try:
