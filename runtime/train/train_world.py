@@ -56,8 +56,8 @@ class LatentPool:
         cfg = self.cfg
         video = batch["frames"].permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0      # [B, 3, F, H, W]
         lat = self.vae.encode_video(video).float()
-        intr = latent_intrinsics_torch(batch["intrinsics"].float(), cfg)
         c2w = batch["c2w"].float()
+        intr = latent_intrinsics_torch(batch["intrinsics"].float(), cfg)[:, None].expand(-1, c2w.shape[1], -1)
         frames = list(range(self.T))
         cam = camera_conditions_torch(c2w, intr, frames)
         plk = chunk_plucker_torch(c2w, intr, frames, (cfg.latent_height, cfg.latent_width))
@@ -69,7 +69,7 @@ class LatentPool:
         lat, cam, plk = lat[:n], cam[:n], plk[:n]
         caps = batch["captions"][:n]
         if self.latents is None or self.latents.shape[0] < self.size:
-            grow = lambda a, b: b if a is None else torch.cat([a, b])[: self.size]  # noqa: E731
+            grow = lambda a, b: (b if a is None else torch.cat([a, b]))[: self.size]  # noqa: E731
             self.latents, self.cams, self.pluckers = grow(self.latents, lat), grow(self.cams, cam), grow(self.pluckers, plk)
             self.captions = (self.captions + caps)[: self.size]
             return

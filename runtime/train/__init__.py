@@ -1,0 +1,1 @@
+"""Training scripts of the embedded tiny model (`python -m runtime.train.<script>`)."""
