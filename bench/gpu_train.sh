@@ -14,6 +14,6 @@ timeout $(( ${2%.*} * 60 + 150 )) python3 -m runtime.train.train_world --out $W 
 tail -3 $W/train_log.jsonl
 mkdir -p $OUT/ts
 cp $W/vae.safetensors $W/model.safetensors $W/train_log.jsonl $OUT/ 2>/dev/null
-cp $W/log.jsonl $OUT/vae_log.jsonl 2>/dev/null
+[ "$1" != "0" ] && cp $W/log.jsonl $OUT/vae_log.jsonl
 cp $W/train_state/*.pt $OUT/ts/
 ls -la $OUT $OUT/ts

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -131,6 +132,8 @@ def main(argv=None) -> int:
     p.add_argument("--state-dir", help="resumable state (default: OUT/train_state); files stay under 16 MB each")
     args = p.parse_args(argv)
 
+    # The Triton kernels are inference-only (no backward): train through the PyTorch references.
+    os.environ["SANA_WM_KERNELS"] = "reference"
     from runtime.text_encoder import load_text_encoder
     from runtime.tiny_vae import TinyVideoAutoencoder
 
