@@ -7,6 +7,7 @@ preset ("sana-wm-streaming": weights resolved by `runtime.weights.resolve_weight
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,10 @@ def load_generator(model: str = DEFAULT_MODEL, *, device: str | torch.device = "
     from runtime.text_encoder import load_text_encoder
 
     device = torch.device(device)
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # The tiny model's tensors are small: one thread is as fast when the machine is idle and many times
+        # faster when anything else (the explorer's UI thread, a server's I/O) wants a core.
+        torch.set_num_threads(int(os.environ.get("SANA_WM_THREADS", "1")))
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if random_weights:
