@@ -7,9 +7,8 @@ the chunk table of the backward scan is cached on the device at the first call).
 """
 from __future__ import annotations
 
-import os
-
 import importlib.util
+import os
 
 import torch
 from torch import Tensor
@@ -70,8 +69,9 @@ def _(q, k, v, beta, g, q_rot, k_rot, h0, z0, reverse, with_z, output_final_stat
 @torch.library.custom_op("sana_wm::gdn_bidirectional", mutates_args=())
 def _gdn_bidirectional_op(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor, q_rot: Tensor | None,
                           k_rot: Tensor | None, h0: Tensor | None, z0: Tensor | None, with_z: bool,
-                          eps: float, output_final_state: bool,
-                          chunk_ends: list[int] | None) -> tuple[Tensor, Tensor, Tensor]:
+                          eps: float, output_final_state: bool, chunk_ends: list[int] | None,
+                          ucpe_P: Tensor | None = None, ucpe_cos: Tensor | None = None,
+                          ucpe_sin: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     from kernels.gdn_triton import gdn_bidirectional_triton
 
     init = None if h0 is None else (h0, z0)
@@ -79,15 +79,17 @@ def _gdn_bidirectional_op(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tens
     if chunk_ends is not None:
         starts = [0] + list(chunk_ends[:-1])
         chunks = tuple(zip(starts, chunk_ends))
+    out_ucpe = None if ucpe_P is None else (ucpe_P, ucpe_cos, ucpe_sin)
     out, final = gdn_bidirectional_triton(q, k, v, beta, g, q_rot=q_rot, k_rot=k_rot, initial_state=init,
                                           with_z=with_z, eps=eps, output_final_state=output_final_state,
-                                          chunks=chunks)
+                                          chunks=chunks, out_ucpe=out_ucpe)
     ht, zt = final if final is not None else (None, None)
     return out, _or_empty(ht, q), _or_empty(zt, q)
 
 
 @_gdn_bidirectional_op.register_fake
-def _(q, k, v, beta, g, q_rot, k_rot, h0, z0, with_z, eps, output_final_state, chunk_ends):
+def _(q, k, v, beta, g, q_rot, k_rot, h0, z0, with_z, eps, output_final_state, chunk_ends, ucpe_P=None,
+      ucpe_cos=None, ucpe_sin=None):
     B, H, T, S, Dk = q.shape
     Dv = v.shape[-1]
     f32 = {"dtype": torch.float32}
@@ -124,11 +126,13 @@ def gdn_scan(q, k, v, beta, g, *, q_rot=None, k_rot=None, reverse=False, initial
 
 
 def gdn_bidirectional(q, k, v, beta, g, *, q_rot=None, k_rot=None, initial_state=None, with_z=True,
-                      eps: float = 1e-8, output_final_state=False, chunks=None,
+                      eps: float = 1e-8, output_final_state=False, chunks=None, out_ucpe=None,
                       impl: str = "auto") -> tuple[Tensor, tuple | None]:
     """Forward scan over all frames + backward scan inside each chunk, fused into one output.
 
-    See `kernels.gdn_reference.gdn_bidirectional_reference` for shapes and semantics.
+    See `kernels.gdn_reference.gdn_bidirectional_reference` for shapes and semantics. `out_ucpe` =
+    (P [B, T, S, 4, 4], cam_cos, cam_sin [T, S, Dv/4]) also applies `kernels.prep.ucpe_prep(out, P, cam_cos,
+    cam_sin, "out")` (the camera branch's inverse UCPE), fused into the Triton output epilogue.
     """
     if _use_triton(q, impl):
         if with_z and initial_state is not None and initial_state[1] is None:
@@ -137,10 +141,16 @@ def gdn_bidirectional(q, k, v, beta, g, *, q_rot=None, k_rot=None, initial_state
         chunk_ends = None if chunks is None else [int(e) for _, e in chunks]
         if chunks is not None and [int(s) for s, _ in chunks] != [0] + chunk_ends[:-1]:
             raise ValueError(f"gdn: chunks must tile [0, T) in order without gaps; got {chunks}")
+        P, cos, sin = (None, None, None) if out_ucpe is None else out_ucpe
         out, ht, zt = torch.ops.sana_wm.gdn_bidirectional(q, k, v, beta, g, q_rot, k_rot, h0, z0, with_z,
-                                                          float(eps), output_final_state, chunk_ends)
+                                                          float(eps), output_final_state, chunk_ends, P, cos, sin)
         final = (ht, zt if with_z else None) if output_final_state else None
         return out, final
-    return gdn_bidirectional_reference(q, k, v, beta, g, q_rot=q_rot, k_rot=k_rot, initial_state=initial_state,
-                                       with_z=with_z, eps=eps, output_final_state=output_final_state,
-                                       chunks=chunks)
+    out, final = gdn_bidirectional_reference(q, k, v, beta, g, q_rot=q_rot, k_rot=k_rot,
+                                             initial_state=initial_state, with_z=with_z, eps=eps,
+                                             output_final_state=output_final_state, chunks=chunks)
+    if out_ucpe is not None:
+        from kernels.prep import ucpe_prep_reference
+
+        out = ucpe_prep_reference(out, *out_ucpe, "out")
+    return out, final

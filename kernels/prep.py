@@ -20,9 +20,8 @@ RoPE convention (both ops): pairs (2j, 2j+1) rotate by angle theta_j,
 """
 from __future__ import annotations
 
-import os
-
 import importlib.util
+import os
 
 import torch
 from torch import Tensor

@@ -7,7 +7,8 @@ channels (group 0 is raw frame 0 repeated 8 times), so encoder and decoder are p
 - encoder: pixel-unshuffle x4 -> 1x1 conv -> residual / strided 3x3 convs down to 1/16 -> causal temporal
   mix with the previous group's features -> (mean, log-variance) of 16 channels;
 - decoder: 3x3 conv -> causal temporal mix -> residual block -> three x2 pixel-shuffle upsamplings (a second
-  causal mix at 1/4 resolution) -> 8 frames x RGB via a final x2 pixel shuffle.
+  causal mix at 1/4 resolution) -> 8 frames x RGB via a final x2 pixel shuffle, plus a linear 1x1 path from
+  the latent bilinearly upsampled x16 (the low frequencies).
 
 "Causal temporal mix" is h_t + conv1x1([h_t, h_{t-1}]) with h_{-1} = h_0, so latent k's decode depends on
 latents <= k only, and a stream that carries the two [C, h, w] feature maps of its last latent frame
@@ -32,7 +33,7 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "tiny-world" / "
 FRAMES_PER_LATENT = 8
 SPATIAL_STRIDE = 16
 
-DEFAULT_CONFIG = {"latent_channels": 16, "enc_channels": [48, 96, 128], "dec_channels": [128, 96, 64, 32]}
+DEFAULT_CONFIG = {"latent_channels": 32, "enc_channels": [48, 96, 128], "dec_channels": [128, 96, 64, 32]}
 
 
 class _Res(nn.Module):
@@ -111,12 +112,17 @@ class _Decoder(nn.Module):
         self.up2 = nn.Conv2d(c2, 4 * c3, 1)
         self.conv2 = nn.Conv2d(c3, c3, 3, padding=1)
         self.out = nn.Conv2d(c3, 4 * 3 * FRAMES_PER_LATENT, 1)
+        # A linear low-frequency path (latent -> 8 RGB frames, bilinearly upsampled): the colours are right
+        # after a few hundred steps and the conv path only has to add detail.
+        self.base = nn.Conv2d(latent_channels, 3 * FRAMES_PER_LATENT, 1)
 
     def forward(self, z: torch.Tensor, cache: dict | None):
         """z [B, C, T, h, w] raw latents -> (groups [B, T, 24, 16h, 16w], new cache)."""
         B, _, T = z.shape[:3]
         cache = cache or {}
-        x = self.stem(z.transpose(1, 2).flatten(0, 1))
+        zf = z.transpose(1, 2).flatten(0, 1)
+        base = F.interpolate(self.base(zf), scale_factor=SPATIAL_STRIDE, mode="bilinear", align_corners=False)
+        x = self.stem(zf)
         x, c16 = self.mix16(x.unflatten(0, (B, T)), cache.get("f16"))
         x = self.res16(x.flatten(0, 1))
         x = self.res8(F.pixel_shuffle(self.up8(F.silu(x)), 2))
@@ -125,7 +131,7 @@ class _Decoder(nn.Module):
         x = self.res4(x.flatten(0, 1))
         x = F.pixel_shuffle(self.up2(F.silu(x)), 2)
         x = self.conv2(F.silu(x))
-        x = F.pixel_shuffle(self.out(F.silu(x)), 2)
+        x = F.pixel_shuffle(self.out(F.silu(x)), 2) + base
         return x.unflatten(0, (B, T)), {"f16": c16, "f4": c4}
 
 
@@ -155,14 +161,14 @@ class TinyVideoAutoencoder(nn.Module, VideoAutoencoder):
     """Tiny causal video autoencoder (about 1.3 M parameters).
 
     Args:
-        latent_channels: C (16 for tiny-world).
+        latent_channels: C (32 for tiny-world).
         enc_channels: encoder widths at 1/4, 1/8, 1/16 resolution.
         dec_channels: decoder widths at 1/16, 1/8, 1/4, 1/2 resolution.
     """
 
     stride = (FRAMES_PER_LATENT, SPATIAL_STRIDE, SPATIAL_STRIDE)
 
-    def __init__(self, latent_channels: int = 16, enc_channels=(48, 96, 128), dec_channels=(128, 96, 64, 32)):
+    def __init__(self, latent_channels: int = 32, enc_channels=(48, 96, 128), dec_channels=(128, 96, 64, 32)):
         super().__init__()
         self.latent_channels = int(latent_channels)
         self.config = {"latent_channels": self.latent_channels, "enc_channels": [int(c) for c in enc_channels],

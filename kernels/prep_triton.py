@@ -1,0 +1,362 @@
+"""Triton versions of `kernels.prep` (see there for the math and the references).
+
+* `_gdn_prep_kernel`: one program per token (b, t, s) holding all C = H * D channels of q and k as an
+  [H, D] tile: the full-channel RMS is one reduction over the tile, RoPE pairs come from splitting the
+  tile into its even / odd columns, and the four results are written straight into the head-major
+  [B, H, T, S, D] scan layout (one 4*D-byte row per head).
+* `_ucpe_prep_kernel`: one program per (b, h, t, block of tokens): the 4x4 per-token matrix is built in
+  registers from P (transpose / rigid inverse / identity map by mode) and applied to the D/8 groups of 4,
+  the last D/2 dims get the (inverse) camera RoPE.
+* `_ucpe_qkv_prep_kernel`: the camera branch's whole prep per token: norms of q and k over all C channels,
+  UCPE of q, k, v on [H, D] tiles (the pose is per token, so one 4x4 serves all heads), and the per-head
+  key-norm inflation. The 4-groups are taken apart in registers by reshaping the tile to [H, D/4, 2, 2] and
+  splitting twice, which gives the four components of every group (and both RoPE pairs of the last-half
+  groups) as [H, D/4] tiles.
+
+Results are stored in the output tensor's dtype (fp32 by default, bf16 on request); the math is fp32.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from kernels.prep import UCPE_MODES, _check_prep, _check_ucpe, _check_ucpe_qkv
+
+__all__ = ["gdn_prep_triton", "ucpe_prep_triton", "ucpe_qkv_prep_triton"]
+
+_UCPE_BLOCK_S = 32
+
+
+def _prep_warps(tile: int) -> int:
+    # One program holds a whole token ([H, D] tiles of q, k, ...): 16 warps keep it at ~80-100 registers
+    # per thread (8 warps: 150-180, fewer warps per SM for a memory-bound kernel; 4 warps spill).
+    return 16 if tile >= 4096 else (8 if tile >= 1024 else 4)
+
+
+def _empty(shape, device, dtype=torch.float32) -> Tensor:
+    from kernels import gdn_triton  # NaN-fill switch shared with the scan kernels (tests)
+
+    if gdn_triton._NAN_FILL:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+@triton.jit
+def _rope_pairs(b_x, b_cos, b_sin, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Rotate the interleaved pairs (2j, 2j+1) of b_x [BLOCK_H, BLOCK_D] by cos/sin [BLOCK_D // 2]."""
+    b_e, b_o = tl.split(tl.reshape(b_x, [BLOCK_H, BLOCK_D // 2, 2]))
+    b_ye = b_e * b_cos[None, :] - b_o * b_sin[None, :]
+    b_yo = b_e * b_sin[None, :] + b_o * b_cos[None, :]
+    return tl.reshape(tl.join(b_ye, b_yo), [BLOCK_H, BLOCK_D])
+
+
+@triton.jit
+def _gdn_prep_kernel(
+    p_q, p_k, p_wq, p_wk, p_cos, p_sin, p_qo, p_ko, p_qro, p_kro,
+    stride_qb, stride_qt, stride_qs, stride_kb, stride_kt, stride_ks,
+    stride_ct, stride_cs, stride_st, stride_ss,
+    T, S, H, D, C, key_scale, eps,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, RELU: tl.constexpr,
+):
+    i_tok = tl.program_id(0)
+    i_b = i_tok // (T * S)
+    i_t = (i_tok // S) % T
+    i_s = i_tok % S
+    o_h = tl.arange(0, BLOCK_H)
+    o_d = tl.arange(0, BLOCK_D)
+    o_j = tl.arange(0, BLOCK_D // 2)
+    m_hd = (o_h[:, None] < H) & (o_d[None, :] < D)
+    o_c = o_h[:, None] * D + o_d[None, :]
+
+    b_q = tl.load(p_q + i_b * stride_qb + i_t * stride_qt + i_s * stride_qs + o_c, mask=m_hd,
+                  other=0.0).to(tl.float32)
+    b_k = tl.load(p_k + i_b * stride_kb + i_t * stride_kt + i_s * stride_ks + o_c, mask=m_hd,
+                  other=0.0).to(tl.float32)
+    b_wq = tl.load(p_wq + o_c, mask=m_hd, other=0.0).to(tl.float32)
+    b_wk = tl.load(p_wk + o_c, mask=m_hd, other=0.0).to(tl.float32)
+    b_rq = 1.0 / tl.sqrt(tl.sum(tl.sum(b_q * b_q, axis=1), axis=0) / C + eps)
+    b_rk = 1.0 / tl.sqrt(tl.sum(tl.sum(b_k * b_k, axis=1), axis=0) / C + eps)
+    b_q = b_q * b_rq * b_wq
+    b_k = b_k * b_rk * b_wk
+    if RELU:
+        b_q = tl.maximum(b_q, 0.0)
+        b_k = tl.maximum(b_k, 0.0)
+    b_k = b_k * key_scale
+
+    m_j = o_j < D // 2
+    b_cos = tl.load(p_cos + i_t * stride_ct + i_s * stride_cs + o_j, mask=m_j, other=1.0).to(tl.float32)
+    b_sin = tl.load(p_sin + i_t * stride_st + i_s * stride_ss + o_j, mask=m_j, other=0.0).to(tl.float32)
+    b_qr = _rope_pairs(b_q, b_cos, b_sin, BLOCK_H, BLOCK_D)
+    b_kr = _rope_pairs(b_k, b_cos, b_sin, BLOCK_H, BLOCK_D)
+
+    # [B, H, T, S, D] contiguous outputs.
+    o_out = ((i_b * H + o_h[:, None]).to(tl.int64) * T + i_t) * S * D + i_s * D + o_d[None, :]
+    tl.store(p_qo + o_out, b_q.to(p_qo.dtype.element_ty), mask=m_hd)
+    tl.store(p_ko + o_out, b_k.to(p_ko.dtype.element_ty), mask=m_hd)
+    tl.store(p_qro + o_out, b_qr.to(p_qro.dtype.element_ty), mask=m_hd)
+    tl.store(p_kro + o_out, b_kr.to(p_kro.dtype.element_ty), mask=m_hd)
+
+
+def gdn_prep_triton(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, rope_cos: Tensor,
+                    rope_sin: Tensor, *, num_heads: int, key_scale: float, eps: float = 1e-5,
+                    relu: bool = True,
+                    out_dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Triton version of `kernels.prep.gdn_prep_reference` (same arguments and results)."""
+    B, T, S, C = _check_prep(q, k, q_weight, k_weight, rope_cos, rope_sin, num_heads)
+    H, D = num_heads, C // num_heads
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    rope_cos = rope_cos if rope_cos.stride(-1) == 1 else rope_cos.contiguous()
+    rope_sin = rope_sin if rope_sin.stride(-1) == 1 else rope_sin.contiguous()
+    q_weight, k_weight = q_weight.contiguous(), k_weight.contiguous()
+    outs = [_empty((B, H, T, S, D), q.device, out_dtype) for _ in range(4)]
+    block_d = triton.next_power_of_2(D)
+    block_h = triton.next_power_of_2(H)
+    _gdn_prep_kernel[(B * T * S,)](
+        q, k, q_weight, k_weight, rope_cos, rope_sin, *outs,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        rope_cos.stride(0), rope_cos.stride(1), rope_sin.stride(0), rope_sin.stride(1),
+        T, S, H, D, C, float(key_scale), float(eps),
+        BLOCK_H=block_h, BLOCK_D=block_d, RELU=relu, num_warps=_prep_warps(block_h * block_d),
+    )
+    return tuple(outs)
+
+
+@triton.jit
+def _ucpe_prep_kernel(
+    p_x, p_P, p_cos, p_sin, p_out,
+    stride_xb, stride_xh, stride_xt, stride_xs,
+    stride_ct, stride_cs, stride_st, stride_ss,
+    H, T, S, D,
+    BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_R: tl.constexpr, MODE: tl.constexpr,
+):
+    # MODE 0: g -> P^T g, RoPE.   1: g -> P^-1 g (rigid), RoPE.   2: g -> P g, inverse RoPE.
+    i_sb = tl.program_id(0)
+    i_bht = tl.program_id(1)
+    i_t = i_bht % T
+    i_bh = i_bht // T
+    i_b = i_bh // H
+    i_h = i_bh % H
+    o_s = i_sb * BLOCK_S + tl.arange(0, BLOCK_S)
+    m_s = o_s < S
+
+    # Per-token pose, row-major 4x4.
+    p_P_s = p_P + ((i_b * T + i_t) * S + o_s).to(tl.int64) * 16
+    p00 = tl.load(p_P_s + 0, mask=m_s, other=0.0).to(tl.float32)
+    p01 = tl.load(p_P_s + 1, mask=m_s, other=0.0).to(tl.float32)
+    p02 = tl.load(p_P_s + 2, mask=m_s, other=0.0).to(tl.float32)
+    p03 = tl.load(p_P_s + 3, mask=m_s, other=0.0).to(tl.float32)
+    p10 = tl.load(p_P_s + 4, mask=m_s, other=0.0).to(tl.float32)
+    p11 = tl.load(p_P_s + 5, mask=m_s, other=0.0).to(tl.float32)
+    p12 = tl.load(p_P_s + 6, mask=m_s, other=0.0).to(tl.float32)
+    p13 = tl.load(p_P_s + 7, mask=m_s, other=0.0).to(tl.float32)
+    p20 = tl.load(p_P_s + 8, mask=m_s, other=0.0).to(tl.float32)
+    p21 = tl.load(p_P_s + 9, mask=m_s, other=0.0).to(tl.float32)
+    p22 = tl.load(p_P_s + 10, mask=m_s, other=0.0).to(tl.float32)
+    p23 = tl.load(p_P_s + 11, mask=m_s, other=0.0).to(tl.float32)
+    p30 = tl.load(p_P_s + 12, mask=m_s, other=0.0).to(tl.float32)
+    p31 = tl.load(p_P_s + 13, mask=m_s, other=0.0).to(tl.float32)
+    p32 = tl.load(p_P_s + 14, mask=m_s, other=0.0).to(tl.float32)
+    p33 = tl.load(p_P_s + 15, mask=m_s, other=0.0).to(tl.float32)
+    if MODE == 2:
+        m00, m01, m02, m03 = p00, p01, p02, p03
+        m10, m11, m12, m13 = p10, p11, p12, p13
+        m20, m21, m22, m23 = p20, p21, p22, p23
+        m30, m31, m32, m33 = p30, p31, p32, p33
+    elif MODE == 0:
+        m00, m01, m02, m03 = p00, p10, p20, p30
+        m10, m11, m12, m13 = p01, p11, p21, p31
+        m20, m21, m22, m23 = p02, p12, p22, p32
+        m30, m31, m32, m33 = p03, p13, p23, p33
+    else:
+        # [[A^T, -A^T b], [0, 1]] for P = [[A, b], [0, 1]].
+        zero = tl.zeros([BLOCK_S], dtype=tl.float32)
+        m00, m01, m02, m03 = p00, p10, p20, -(p00 * p03 + p10 * p13 + p20 * p23)
+        m10, m11, m12, m13 = p01, p11, p21, -(p01 * p03 + p11 * p13 + p21 * p23)
+        m20, m21, m22, m23 = p02, p12, p22, -(p02 * p03 + p12 * p13 + p22 * p23)
+        m30, m31, m32, m33 = zero, zero, zero, zero + 1.0
+
+    # First D/2 dims: D/8 groups of 4 consecutive dims.
+    o_g = tl.arange(0, BLOCK_G)
+    m_g = m_s[:, None] & (o_g[None, :] < D // 8)
+    p_x_t = p_x + i_b * stride_xb + i_h * stride_xh + i_t * stride_xt
+    o_x = o_s[:, None] * stride_xs + 4 * o_g[None, :]
+    x0 = tl.load(p_x_t + o_x + 0, mask=m_g, other=0.0).to(tl.float32)
+    x1 = tl.load(p_x_t + o_x + 1, mask=m_g, other=0.0).to(tl.float32)
+    x2 = tl.load(p_x_t + o_x + 2, mask=m_g, other=0.0).to(tl.float32)
+    x3 = tl.load(p_x_t + o_x + 3, mask=m_g, other=0.0).to(tl.float32)
+    p_o_t = p_out + i_bht.to(tl.int64) * S * D
+    o_o = o_s[:, None] * D + 4 * o_g[None, :]
+    dt = p_out.dtype.element_ty
+    tl.store(p_o_t + o_o + 0,
+             (m00[:, None] * x0 + m01[:, None] * x1 + m02[:, None] * x2 + m03[:, None] * x3).to(dt), mask=m_g)
+    tl.store(p_o_t + o_o + 1,
+             (m10[:, None] * x0 + m11[:, None] * x1 + m12[:, None] * x2 + m13[:, None] * x3).to(dt), mask=m_g)
+    tl.store(p_o_t + o_o + 2,
+             (m20[:, None] * x0 + m21[:, None] * x1 + m22[:, None] * x2 + m23[:, None] * x3).to(dt), mask=m_g)
+    tl.store(p_o_t + o_o + 3,
+             (m30[:, None] * x0 + m31[:, None] * x1 + m32[:, None] * x2 + m33[:, None] * x3).to(dt), mask=m_g)
+
+    # Last D/2 dims: D/4 interleaved RoPE pairs.
+    o_r = tl.arange(0, BLOCK_R)
+    m_r = m_s[:, None] & (o_r[None, :] < D // 4)
+    b_cos = tl.load(p_cos + i_t * stride_ct + o_s[:, None] * stride_cs + o_r[None, :], mask=m_r,
+                    other=1.0).to(tl.float32)
+    b_sin = tl.load(p_sin + i_t * stride_st + o_s[:, None] * stride_ss + o_r[None, :], mask=m_r,
+                    other=0.0).to(tl.float32)
+    if MODE == 2:
+        b_sin = -b_sin
+    o_xr = o_s[:, None] * stride_xs + D // 2 + 2 * o_r[None, :]
+    b_e = tl.load(p_x_t + o_xr, mask=m_r, other=0.0).to(tl.float32)
+    b_o = tl.load(p_x_t + o_xr + 1, mask=m_r, other=0.0).to(tl.float32)
+    o_or = o_s[:, None] * D + D // 2 + 2 * o_r[None, :]
+    tl.store(p_o_t + o_or, (b_e * b_cos - b_o * b_sin).to(dt), mask=m_r)
+    tl.store(p_o_t + o_or + 1, (b_e * b_sin + b_o * b_cos).to(dt), mask=m_r)
+
+
+def ucpe_prep_triton(x: Tensor, P: Tensor, cam_cos: Tensor, cam_sin: Tensor, mode: str,
+                     out_dtype: torch.dtype = torch.float32) -> Tensor:
+    """Triton version of `kernels.prep.ucpe_prep_reference` (same arguments and result)."""
+    B, H, T, S, D = _check_ucpe(x, P, cam_cos, cam_sin, mode)
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    P = P.contiguous()
+    cam_cos = cam_cos if cam_cos.stride(-1) == 1 else cam_cos.contiguous()
+    cam_sin = cam_sin if cam_sin.stride(-1) == 1 else cam_sin.contiguous()
+    out = _empty((B, H, T, S, D), x.device, out_dtype)
+    _ucpe_prep_kernel[(triton.cdiv(S, _UCPE_BLOCK_S), B * H * T)](
+        x, P, cam_cos, cam_sin, out,
+        *x.stride()[:4], cam_cos.stride(0), cam_cos.stride(1), cam_sin.stride(0), cam_sin.stride(1),
+        H, T, S, D,
+        BLOCK_S=_UCPE_BLOCK_S, BLOCK_G=max(2, triton.next_power_of_2(D // 8)),
+        BLOCK_R=max(2, triton.next_power_of_2(D // 4)), MODE=UCPE_MODES.index(mode), num_warps=4,
+    )
+    return out
+
+
+@triton.jit
+def _ucpe_groups(b_x, m00, m01, m02, m03, m10, m11, m12, m13, m20, m21, m22, m23, m30, m31, m32, m33,
+                 b_ca, b_sa, b_cb, b_sb, G, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+    """UCPE of an [R, D] tile (rows: heads of one token, or tokens of one head): the 4-groups c < G (= D/8)
+    -> M g, the groups c >= G hold two RoPE pairs rotated by (b_ca, b_sa) and (b_cb, b_sb). The m's are
+    scalars or [R, 1] columns, the cos / sin [1, D/4] or [R, D/4] (indexed by group)."""
+    BLOCK_C: tl.constexpr = BLOCK_D // 4
+    b_e, b_o = tl.split(tl.reshape(b_x, [BLOCK_R, BLOCK_C, 2, 2]))      # (x0, x2), (x1, x3)
+    x0, x2 = tl.split(b_e)
+    x1, x3 = tl.split(b_o)
+    is_grp = (tl.arange(0, BLOCK_C) < G)[None, :]
+    y0 = tl.where(is_grp, m00 * x0 + m01 * x1 + m02 * x2 + m03 * x3, x0 * b_ca - x1 * b_sa)
+    y1 = tl.where(is_grp, m10 * x0 + m11 * x1 + m12 * x2 + m13 * x3, x0 * b_sa + x1 * b_ca)
+    y2 = tl.where(is_grp, m20 * x0 + m21 * x1 + m22 * x2 + m23 * x3, x2 * b_cb - x3 * b_sb)
+    y3 = tl.where(is_grp, m30 * x0 + m31 * x1 + m32 * x2 + m33 * x3, x2 * b_sb + x3 * b_cb)
+    return tl.reshape(tl.join(tl.join(y0, y2), tl.join(y1, y3)), [BLOCK_R, BLOCK_D])
+
+
+@triton.jit
+def _ucpe_qkv_prep_kernel(
+    p_q, p_k, p_v, p_wq, p_wk, p_P, p_cos, p_sin, p_qo, p_ko, p_vo, p_ratio,
+    stride_qb, stride_qt, stride_qs, stride_kb, stride_kt, stride_ks, stride_vb, stride_vt, stride_vs,
+    stride_ct, stride_cs, stride_st, stride_ss,
+    T, S, H, D, C, key_scale, eps,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, RELU: tl.constexpr,
+):
+    i_tok = tl.program_id(0)
+    i_b = i_tok // (T * S)
+    i_t = (i_tok // S) % T
+    i_s = i_tok % S
+    o_h = tl.arange(0, BLOCK_H)
+    o_d = tl.arange(0, BLOCK_D)
+    m_h = o_h < H
+    m_hd = m_h[:, None] & (o_d[None, :] < D)
+    o_c = o_h[:, None] * D + o_d[None, :]
+
+    b_q = tl.load(p_q + i_b * stride_qb + i_t * stride_qt + i_s * stride_qs + o_c, mask=m_hd,
+                  other=0.0).to(tl.float32)
+    b_k = tl.load(p_k + i_b * stride_kb + i_t * stride_kt + i_s * stride_ks + o_c, mask=m_hd,
+                  other=0.0).to(tl.float32)
+    b_v = tl.load(p_v + i_b * stride_vb + i_t * stride_vt + i_s * stride_vs + o_c, mask=m_hd,
+                  other=0.0).to(tl.float32)
+    b_rq = 1.0 / tl.sqrt(tl.sum(tl.sum(b_q * b_q, axis=1), axis=0) / C + eps)
+    b_rk = 1.0 / tl.sqrt(tl.sum(tl.sum(b_k * b_k, axis=1), axis=0) / C + eps)
+    b_q = b_q * b_rq * tl.load(p_wq + o_c, mask=m_hd, other=0.0).to(tl.float32)
+    b_k = b_k * b_rk * tl.load(p_wk + o_c, mask=m_hd, other=0.0).to(tl.float32)
+    if RELU:
+        b_q = tl.maximum(b_q, 0.0)
+        b_k = tl.maximum(b_k, 0.0)
+    b_k = b_k * key_scale
+
+    # Pose of this token, row-major 4x4 scalars.
+    p_P_t = p_P + i_tok.to(tl.int64) * 16
+    p00 = tl.load(p_P_t + 0).to(tl.float32)
+    p01 = tl.load(p_P_t + 1).to(tl.float32)
+    p02 = tl.load(p_P_t + 2).to(tl.float32)
+    p03 = tl.load(p_P_t + 3).to(tl.float32)
+    p10 = tl.load(p_P_t + 4).to(tl.float32)
+    p11 = tl.load(p_P_t + 5).to(tl.float32)
+    p12 = tl.load(p_P_t + 6).to(tl.float32)
+    p13 = tl.load(p_P_t + 7).to(tl.float32)
+    p20 = tl.load(p_P_t + 8).to(tl.float32)
+    p21 = tl.load(p_P_t + 9).to(tl.float32)
+    p22 = tl.load(p_P_t + 10).to(tl.float32)
+    p23 = tl.load(p_P_t + 11).to(tl.float32)
+    p30 = tl.load(p_P_t + 12).to(tl.float32)
+    p31 = tl.load(p_P_t + 13).to(tl.float32)
+    p32 = tl.load(p_P_t + 14).to(tl.float32)
+    p33 = tl.load(p_P_t + 15).to(tl.float32)
+    # Rigid inverse [[A^T, -A^T b], [0, 1]] for k and v.
+    i03 = -(p00 * p03 + p10 * p13 + p20 * p23)
+    i13 = -(p01 * p03 + p11 * p13 + p21 * p23)
+    i23 = -(p02 * p03 + p12 * p13 + p22 * p23)
+
+    # Camera RoPE of the groups c in [G, 2G): pairs 2 (c - G) and 2 (c - G) + 1.
+    G = D // 8
+    o_g = tl.arange(0, BLOCK_D // 4)
+    m_r = (o_g >= G) & (o_g < 2 * G)
+    o_ja = 2 * (o_g - G)
+    p_cos_t = p_cos + i_t * stride_ct + i_s * stride_cs
+    p_sin_t = p_sin + i_t * stride_st + i_s * stride_ss
+    b_ca = tl.load(p_cos_t + o_ja, mask=m_r, other=1.0).to(tl.float32)[None, :]
+    b_sa = tl.load(p_sin_t + o_ja, mask=m_r, other=0.0).to(tl.float32)[None, :]
+    b_cb = tl.load(p_cos_t + o_ja + 1, mask=m_r, other=1.0).to(tl.float32)[None, :]
+    b_sb = tl.load(p_sin_t + o_ja + 1, mask=m_r, other=0.0).to(tl.float32)[None, :]
+
+    b_qp = _ucpe_groups(b_q, p00, p10, p20, p30, p01, p11, p21, p31, p02, p12, p22, p32, p03, p13, p23, p33,
+                        b_ca, b_sa, b_cb, b_sb, G, BLOCK_H, BLOCK_D)
+    b_kp = _ucpe_groups(b_k, p00, p10, p20, i03, p01, p11, p21, i13, p02, p12, p22, i23, 0.0, 0.0, 0.0, 1.0,
+                        b_ca, b_sa, b_cb, b_sb, G, BLOCK_H, BLOCK_D)
+    b_vp = _ucpe_groups(b_v, p00, p10, p20, i03, p01, p11, p21, i13, p02, p12, p22, i23, 0.0, 0.0, 0.0, 1.0,
+                        b_ca, b_sa, b_cb, b_sb, G, BLOCK_H, BLOCK_D)
+
+    o_out = ((i_b * H + o_h[:, None]).to(tl.int64) * T + i_t) * S * D + i_s * D + o_d[None, :]
+    tl.store(p_qo + o_out, b_qp.to(p_qo.dtype.element_ty), mask=m_hd)
+    tl.store(p_ko + o_out, b_kp.to(p_ko.dtype.element_ty), mask=m_hd)
+    tl.store(p_vo + o_out, b_vp.to(p_vo.dtype.element_ty), mask=m_hd)
+    # |k'|^2 / max(|k|^2, 1e-12) per head (before any rounding of k' to out_dtype, like the reference).
+    b_ratio = tl.sum(b_kp * b_kp, axis=1) / tl.maximum(tl.sum(b_k * b_k, axis=1), 1e-12)
+    tl.store(p_ratio + ((i_b * H + o_h).to(tl.int64) * T + i_t) * S + i_s, b_ratio, mask=m_h)
+
+
+def ucpe_qkv_prep_triton(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: Tensor, P: Tensor,
+                         cam_cos: Tensor, cam_sin: Tensor, *, num_heads: int, key_scale: float, eps: float = 1e-5,
+                         relu: bool = True,
+                         out_dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Triton version of `kernels.prep.ucpe_qkv_prep_reference` (same arguments and results)."""
+    B, T, S, C = _check_ucpe_qkv(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads)
+    H, D = num_heads, C // num_heads
+    q, k, v, cam_cos, cam_sin = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, cam_cos, cam_sin))
+    P = P.float().contiguous()
+    q_weight, k_weight = q_weight.contiguous(), k_weight.contiguous()
+    outs = [_empty((B, H, T, S, D), q.device, out_dtype) for _ in range(3)]
+    ratio = _empty((B, H, T, S), q.device)
+    block_d = triton.next_power_of_2(D)
+    block_h = triton.next_power_of_2(H)
+    _ucpe_qkv_prep_kernel[(B * T * S,)](
+        q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, *outs, ratio,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2),
+        cam_cos.stride(0), cam_cos.stride(1), cam_sin.stride(0), cam_sin.stride(1),
+        T, S, H, D, C, float(key_scale), float(eps),
+        BLOCK_H=block_h, BLOCK_D=block_d, RELU=relu, num_warps=_prep_warps(block_h * block_d),
+    )
+    return (*outs, ratio.mean(-1))
