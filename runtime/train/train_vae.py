@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from runtime.tiny_vae import DEFAULT_CONFIG, TinyVideoAutoencoder, groups_to_video, video_to_groups
 from runtime.world.dataset import ClipStream
@@ -117,6 +116,11 @@ def _unb64(s: str) -> torch.Tensor:
     return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
 
 
+def _append_log(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def save_state(out: Path, model, opt, meta: dict) -> None:
     from safetensors.torch import save_file
 
@@ -204,7 +208,7 @@ def parse_args(argv=None):
     p.add_argument("--minutes", type=float, default=8.0, help="total wall-clock budget of the run (all resumes)")
     p.add_argument("--max-steps", type=int, default=10 ** 9)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch", type=int, default=12)
+    p.add_argument("--batch", type=int, default=16)
     p.add_argument("--frames", type=int, default=25, help="raw frames per clip (8k + 1)")
     p.add_argument("--height", type=int, default=144)
     p.add_argument("--width", type=int, default=256)
@@ -224,6 +228,9 @@ def parse_args(argv=None):
     p.add_argument("--stats-batches", type=int, default=8)
     p.add_argument("--eval-clips", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--enc-channels", default=None, help="encoder widths at 1/4,1/8,1/16 (default 48,96,128)")
+    p.add_argument("--dec-channels", default=None,
+                   help="decoder widths at 1/16,1/8,1/4,1/2 (default 128,96,64,32)")
     p.add_argument("--no-shadows", action="store_true", help="render without shadow rays (faster)")
     p.add_argument("--finish-reserve-s", type=float, default=25.0,
                    help="seconds of the budget kept for statistics, export and evaluation")
@@ -243,7 +250,12 @@ def main(argv=None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(args.seed)
-    model = TinyVideoAutoencoder(**DEFAULT_CONFIG).to(device)
+    config = dict(DEFAULT_CONFIG)
+    if args.enc_channels:
+        config["enc_channels"] = [int(c) for c in args.enc_channels.split(",")]
+    if args.dec_channels:
+        config["dec_channels"] = [int(c) for c in args.dec_channels.split(",")]
+    model = TinyVideoAutoencoder(**config).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay, betas=(0.9, 0.99))
     gen = torch.Generator().manual_seed(args.seed)
     stream = ClipStream(args.refresh, args.frames, args.height, args.width, device, seed=args.seed,
@@ -260,17 +272,18 @@ def main(argv=None) -> dict:
         run_var = torch.tensor(meta["run_var"], device=device)
         print(f"resumed from step {step} ({trained_s:.0f} s trained)", flush=True)
     budget_s = args.minutes * 60.0
+    # The budget is wall-clock from process start (start-up and the buffer prefill count too).
     session_budget = budget_s - trained_s - args.finish_reserve_s
     buffer = ReplayBuffer(stream, args.buffer)
     buffer.add(max(1, math.ceil(min(args.prefill, args.buffer) / args.refresh)))
     print(f"replay buffer: {buffer.size} clips after {time.time() - t_start:.1f} s", flush=True)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda"
                 else torch.autocast("cpu", enabled=False))
-    log = open(out / args.log_name, "a")
+    log_path = out / args.log_name
 
     def checkpoint():
         save_state(out, model, opt, {
-            "step": step, "elapsed_s": trained_s + (time.time() - t_loop), "rng": _b64(gen.get_state()),
+            "step": step, "elapsed_s": trained_s + (time.time() - t_start), "rng": _b64(gen.get_state()),
             "stream": stream.state_dict(), "run_mean": run_mean.tolist(), "run_var": run_var.tolist(),
             "args": vars(args)})
         export(model, out, run_mean, run_var.sqrt())
@@ -278,10 +291,8 @@ def main(argv=None) -> dict:
     t_loop = time.time()
     last_save = t_loop
     step0 = step
-    acc: dict[str, float] = {}
-    n_acc = 0
     model.train()
-    while step < args.max_steps and (time.time() - t_loop) < session_budget:
+    while step < args.max_steps and (time.time() - t_start) < session_budget:
         buffer.add(1)
         frames = buffer.sample(args.batch, gen)
         flip = torch.rand(args.batch, generator=gen) < 0.5
@@ -289,7 +300,7 @@ def main(argv=None) -> dict:
         T = (args.frames - 1) // 8 + 1
         h, w = args.height // 16, args.width // 16
         noise = torch.randn(args.batch, model.latent_channels, T, h, w, generator=gen).to(device)
-        progress = (trained_s + time.time() - t_loop) / max(budget_s - args.finish_reserve_s, 1.0)
+        progress = (trained_s + time.time() - t_start) / max(budget_s - args.finish_reserve_s, 1.0)
         lr = lr_at(progress, step, args)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -306,17 +317,16 @@ def main(argv=None) -> dict:
         if step % args.log_every == 0 or step == 1 or step == args.max_steps:
             rec = {k: float(v.detach()) for k, v in terms.items() if k not in ("rec", "mean")}
             rec.update(step=step, psnr=psnr(terms["rec"].detach(), video), lr=lr, grad_norm=float(gnorm),
-                       elapsed_s=round(trained_s + time.time() - t_loop, 1), buffer=buffer.size,
+                       elapsed_s=round(trained_s + time.time() - t_start, 1), buffer=buffer.size,
                        clips_rendered=stream.index)
             rec["steps_per_s"] = round((step - step0) / max(time.time() - t_loop, 1e-6), 3)
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
+            _append_log(log_path, rec)
             print(json.dumps(rec), flush=True)
         if time.time() - last_save > args.save_every_min * 60.0:
             checkpoint()
             last_save = time.time()
     checkpoint()
-    trained_s += time.time() - t_loop
+    trained_s += time.time() - t_start
     # Final statistics on fresh clips (a separate stream position far from the training clips).
     model.eval()
     stats_stream = ClipStream(max(1, min(args.batch, 8)), args.frames, args.height, args.width, device,
@@ -329,8 +339,7 @@ def main(argv=None) -> dict:
     final = {"final": True, "step": step, "trained_s": round(trained_s, 1),
              "wall_s_this_run": round(time.time() - t_start, 1), "weights": str(path),
              "weights_bytes": path.stat().st_size, "latent_mean": mu.tolist(), "latent_std": sd.tolist(), **result}
-    log.write(json.dumps(final) + "\n")
-    log.close()
+    _append_log(log_path, final)
     print(json.dumps(final), flush=True)
     return final
 
