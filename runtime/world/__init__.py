@@ -7,15 +7,35 @@
 
 See docs/world.md.
 """
-from .dataset import (EVAL_SEED_BASE, HFOV_RANGE_DEG, TRAIN_SEED_LIMIT, ClipStream, clip_intrinsics, eval_seed,
-                      generate_clip, train_seed)
+from .dataset import (
+    EVAL_SEED_BASE,
+    HFOV_RANGE_DEG,
+    TRAIN_SEED_LIMIT,
+    ClipStream,
+    clip_intrinsics,
+    eval_seed,
+    generate_clip,
+    train_seed,
+)
 from .render import render
 from .scene import BIOMES, TIMES_OF_DAY, Scene
 from .trajectories import Trajectory, key_trajectory, random_trajectory, smooth_trajectory
 
 __all__ = [
-    "BIOMES", "TIMES_OF_DAY", "Scene", "render",
-    "Trajectory", "key_trajectory", "random_trajectory", "smooth_trajectory",
-    "EVAL_SEED_BASE", "HFOV_RANGE_DEG", "TRAIN_SEED_LIMIT", "ClipStream", "clip_intrinsics", "eval_seed",
-    "generate_clip", "train_seed",
+    "BIOMES",
+    "EVAL_SEED_BASE",
+    "HFOV_RANGE_DEG",
+    "TIMES_OF_DAY",
+    "TRAIN_SEED_LIMIT",
+    "ClipStream",
+    "Scene",
+    "Trajectory",
+    "clip_intrinsics",
+    "eval_seed",
+    "generate_clip",
+    "key_trajectory",
+    "random_trajectory",
+    "render",
+    "smooth_trajectory",
+    "train_seed",
 ]

@@ -121,7 +121,7 @@ class ClipStream:
     def seed_at(self, index: int) -> int:
         return train_seed(index, self.seed) if self.split == "train" else eval_seed(index)
 
-    def __iter__(self) -> "ClipStream":
+    def __iter__(self) -> ClipStream:
         return self
 
     def __next__(self) -> dict:

@@ -20,8 +20,28 @@ import math
 import numpy as np
 import torch
 
-from .scene import (BARK, BLOTCH, BOX, BRICKS, CHECKER, CONE, CYLINDER, ELLIPSOID, G_CHECKER, G_CITY, G_FOREST,
-                    G_GRASS, G_SAND, G_SNOW, H_MOUNTAINS, H_SKYLINE, PLAIN, STRIPES, WINDOWS, Scene)
+from .scene import (
+    BARK,
+    BLOTCH,
+    BOX,
+    BRICKS,
+    CHECKER,
+    CONE,
+    CYLINDER,
+    ELLIPSOID,
+    G_CHECKER,
+    G_CITY,
+    G_FOREST,
+    G_GRASS,
+    G_SAND,
+    G_SNOW,
+    H_MOUNTAINS,
+    H_SKYLINE,
+    PLAIN,
+    STRIPES,
+    WINDOWS,
+    Scene,
+)
 
 _EPS = 1e-4
 _INF = float("inf")
@@ -643,7 +663,7 @@ def _render_chunk(scene, arr, tables, cst, poses, K, H, W, dev, shadows, max_ele
         no, fo = n[i_obj], fw[i_obj]
         # Textures read a point just inside the surface so box faces never sit on a lattice boundary.
         sx, sy, sz = (c[i_obj] - 0.01 * no[:, j] for j, c in enumerate((px, py, pz)))
-        present = set(int(v) for v in np.unique(arr["pattern"][prim_idx])) if n_primary else set()
+        present = {int(v) for v in np.unique(arr["pattern"][prim_idx])} if n_primary else set()
         pat = tables["pattern"][gid]
         alb_obj, glow = _object_albedo(pat, sx, sy, sz, no, fo, tables["color1"][gid], tables["color2"][gid],
                                        tables["scale"][gid], p0, p1, present)

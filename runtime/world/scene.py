@@ -249,7 +249,7 @@ class Scene:
 
     # ---- random worlds ----------------------------------------------------------------------------------
     @classmethod
-    def random(cls, seed: int, biome: str | None = None, time_of_day: str | None = None) -> "Scene":
+    def random(cls, seed: int, biome: str | None = None, time_of_day: str | None = None) -> Scene:
         """A random world, fully determined by (seed, biome, time_of_day).
 
         Args:
@@ -426,7 +426,7 @@ def _populate(scene: Scene, rng, place: _Placer, table, count: int, front_fracti
     weights = np.array([t[0] for t in table], dtype=np.float64)
     weights /= weights.sum()
     for _ in range(count):
-        w, build, fr = table[int(rng.choice(len(table), p=weights))]
+        _, build, fr = table[int(rng.choice(len(table), p=weights))]
         r = float(fr(rng)) if callable(fr) else float(fr)
         front = rng.random() < front_fraction
         pos = place.sample(r, rmin=2.5 if front else 0.0, rmax=16.0 if front else None, front=front)

@@ -23,6 +23,10 @@ def ae():
 def test_interface_and_size(ae):
     assert isinstance(ae, VideoAutoencoder) and isinstance(ae.open_stream(), DecoderStream)
     assert ae.latent_channels == 32 and ae.stride == (8, 16, 16)
+    from runtime.config import load_config
+
+    cfg = load_config("tiny-world")                      # the DiT's view of the autoencoder
+    assert (cfg.in_channels, tuple(cfg.vae_stride), cfg.vae) == (ae.latent_channels, ae.stride, "tiny-world")
     n = sum(p.numel() for p in ae.parameters())
     assert n * 2 < 4.0e6                 # < 4 MB of fp16 weights
 
