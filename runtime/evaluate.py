@@ -162,8 +162,8 @@ def stability(gen, seconds: float, seed: int = 0, progress: bool = True) -> dict
     mc = gen.config
     clip = generate_clip(eval_seed(10_000 + seed), 1, mc.height, mc.width, "cpu")
     n = int(seconds * mc.fps) + 1
-    pattern = "w-40,wd-24,w-32,a-20,wj-24,l-16,none-8,wa-24,s-16,d-30,"
-    c2w = actions_to_c2w(pattern * (n // 200 + 1))[:n]
+    pattern = "w-40,wd-24,w-32,a-20,wj-24,l-16,none-8,wa-24,s-16,d-30"      # 234 frames
+    c2w = actions_to_c2w(",".join([pattern] * (n // 234 + 1)))[:n]
     session = open_session(gen, clip["frames"][0].numpy(), clip["caption"], seed=seed)
     stats, produced = [], 0
     bar = tqdm(total=n, desc="long walk", disable=not progress)

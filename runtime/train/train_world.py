@@ -158,6 +158,7 @@ def main(argv=None) -> int:
         gen.set_state(meta["rng"])
         step, stream_state = meta["step"], meta["stream"]
         print(f"resumed from step {step}")
+    _wake_plucker(model, ema, seed=args.seed)
     vae = TinyVideoAutoencoder.from_file(args.vae or out / "vae.safetensors").to(device).eval()
     text_enc = load_text_encoder(cfg.text_encoder, caption_channels=cfg.caption_channels,
                                  max_length=cfg.text_max_length, device=device)
@@ -213,6 +214,21 @@ def main(argv=None) -> int:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     print(f"done: {step} steps in {time.time() - start:.0f} s -> {out / 'model.safetensors'}")
     return 0
+
+
+def _wake_plucker(model, ema, seed: int) -> None:
+    """The official init zeroes both the Plucker embedder and every block's plucker_proj, a saddle where neither
+    gets a gradient (the branch stays exactly zero when trained from scratch). Give the embedder small random
+    weights; the zero plucker_proj keeps the model's output unchanged, and both start to learn."""
+    emb = model.plucker_embedder.proj.weight
+    if emb.abs().max() > 0:
+        return
+    gen = torch.Generator(device="cpu").manual_seed(seed + 4242)
+    with torch.no_grad():
+        w = torch.randn(emb.shape, generator=gen) / emb[0].numel() ** 0.5
+        emb.copy_(w.to(emb.device))
+        ema.plucker_embedder.proj.weight.copy_(emb)
+    print("plucker embedder initialised (was all zero)")
 
 
 def _save_state(state_dir: Path, model, ema, opt, gen, step, pool) -> None:
