@@ -37,7 +37,6 @@ import argparse
 import datetime
 import itertools
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -54,12 +53,9 @@ LONG_T = 121
 
 
 def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parents[1], check=False)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    from runtime.bench import git_commit
+
+    return git_commit()
 
 
 def _rel_rms(test: torch.Tensor, ref: torch.Tensor) -> float:

@@ -25,7 +25,6 @@ import datetime
 import functools
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -48,12 +47,9 @@ SWEEP_CONFIGS = [
 
 
 def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parents[1], check=False)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    from runtime.bench import git_commit
+
+    return git_commit()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         "bench": "vae_streaming_decode",
         "gpu": gpu,
         "commit": _commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "diffusers": __import__("diffusers").__version__,
         "source": source,

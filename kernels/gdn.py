@@ -7,9 +7,6 @@ the chunk table of the backward scan is cached on the device at the first call).
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 from torch import Tensor
 
@@ -18,18 +15,8 @@ from kernels.gdn_reference import GDNScanOutput, gdn_bidirectional_reference, gd
 __all__ = ["GDNScanOutput", "gdn_bidirectional", "gdn_scan"]
 
 
-# Whether triton is installed, decided once at import: `_use_triton` then stays free of imports and
-# try/except, so torch.compile traces through the public functions without a graph break.
-_HAVE_TRITON = importlib.util.find_spec("triton") is not None
-
-
-def _use_triton(x: Tensor, impl: str) -> bool:
-    if impl == "reference":
-        return False
-    if impl == "triton":
-        return True
-    # SANA_WM_KERNELS=reference forces the PyTorch references everywhere (baselines, debugging).
-    return x.is_cuda and _HAVE_TRITON and os.environ.get("SANA_WM_KERNELS", "auto") != "reference"
+from kernels.dispatch import HAVE_TRITON as _HAVE_TRITON  # noqa: F401
+from kernels.dispatch import use_triton as _use_triton
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -20,9 +20,6 @@ RoPE convention (both ops): pairs (2j, 2j+1) rotate by angle theta_j,
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 from torch import Tensor
 
@@ -238,18 +235,8 @@ def _(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads, key_scale, ep
 # ----------------------------------------------------------------------------------------------------------
 # Public ops
 # ----------------------------------------------------------------------------------------------------------
-# Whether triton is installed, decided once at import: `_use_triton` then stays free of imports and
-# try/except, so torch.compile traces through the public functions without a graph break.
-_HAVE_TRITON = importlib.util.find_spec("triton") is not None
-
-
-def _use_triton(x: Tensor, impl: str) -> bool:
-    if impl == "reference":
-        return False
-    if impl == "triton":
-        return True
-    # SANA_WM_KERNELS=reference forces the PyTorch references everywhere (baselines, debugging).
-    return x.is_cuda and _HAVE_TRITON and os.environ.get("SANA_WM_KERNELS", "auto") != "reference"
+from kernels.dispatch import HAVE_TRITON as _HAVE_TRITON  # noqa: F401
+from kernels.dispatch import use_triton as _use_triton
 
 
 def gdn_prep(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, rope_cos: Tensor, rope_sin: Tensor, *,

@@ -62,9 +62,9 @@ def chunk_flops(cfg, frames: int, cached_frames: int, passes: int) -> float:
     return float(flops * passes)
 
 
-def _git_commit() -> str:
+def git_commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
                               cwd=Path(__file__).resolve().parents[1], timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -148,7 +148,7 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
         "generator_x_realtime": round(video_s / (p50_gen / 1e3), 2),
         "end_to_end_x_realtime": round(video_s / (p50_total / 1e3), 2) if decode else None,
         "frames_per_chunk": frames_per_chunk,
-        "commit": _git_commit(), "date": datetime.date.today().isoformat(),
+        "commit": git_commit(), "date": datetime.date.today().isoformat(),
         "torch": torch.__version__, "cuda_graphs": cuda_graphs and cuda, "compile": compile,
         "kernels": __import__("os").environ.get("SANA_WM_KERNELS", "auto"),
     }

@@ -41,7 +41,13 @@ def cmd_render(args) -> int:
     import torch
 
     from runtime.pipeline import load_generator
-    from runtime.render import load_sidecar, plan_from_actions, plan_from_camera, plan_from_sidecar, render_walk
+    from runtime.render import (
+        load_sidecar,
+        plan_from_actions,
+        plan_from_camera,
+        plan_from_sidecar,
+        render_walk,
+    )
 
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
@@ -120,9 +126,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_quantize(args) -> int:
+    from safetensors.torch import save_file
+
     from quant import quantize_state_dict
     from runtime.checkpoint import iter_checkpoint
-    from safetensors.torch import save_file
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
@@ -136,7 +143,7 @@ def cmd_quantize(args) -> int:
     tmp = out.with_suffix(".safetensors.tmp")
     save_file({k: v.contiguous() for k, v in q.items()}, str(tmp), metadata={"quantization": args.format})
     tmp.replace(out)
-    size = lambda d: sum(t.numel() * t.element_size() for t in d.values())  # noqa: E731
+    size = lambda d: sum(t.numel() * t.element_size() for t in d.values())
     print(f"wrote {out}: {n_q} layers in {args.format}, {size(state) / 1e6:.1f} MB -> {size(q) / 1e6:.1f} MB")
     return 0
 

@@ -159,7 +159,7 @@ class ModelConfig:
         d["denoising_timesteps"] = list(self.denoising_timesteps)
         return d
 
-    def replace(self, **changes) -> "ModelConfig":
+    def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -216,7 +216,7 @@ def config_from_dict(data: dict, source: str = "<dict>") -> ModelConfig:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def load_config(name_or_path: "str | Path | ModelConfig") -> ModelConfig:
+def load_config(name_or_path: str | Path | ModelConfig) -> ModelConfig:
     """A preset name (`sana-wm-streaming`, `tiny-world`, ...), a YAML path, or a config (returned as is)."""
     if isinstance(name_or_path, ModelConfig):
         return name_or_path

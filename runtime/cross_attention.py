@@ -1,7 +1,6 @@
 """Cross-attention from video tokens to text tokens (spec section 1.4)."""
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

@@ -64,7 +64,7 @@ def describe(target: str) -> str:
              f"{cfg.latent_height}x{cfg.latent_width} = {cfg.tokens_per_frame} tokens/frame",
              f"  chunks: first {cfg.first_chunk_size} latent frames, then {cfg.chunk_size}; "
              f"{len(cfg.denoising_timesteps) - 1} denoising steps {list(cfg.denoising_timesteps)} + 1 cache pass",
-             f"  parameters by group:"]
+             "  parameters by group:"]
     lines += _table(shapes)
     try:
         from runtime.weights import component_status

@@ -14,8 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.camera import actions_to_c2w, format_actions, load_camera, load_intrinsics, parse_actions
-from runtime.camera import snap_num_frames
+from runtime.camera import (
+    actions_to_c2w,
+    format_actions,
+    load_camera,
+    load_intrinsics,
+    parse_actions,
+    snap_num_frames,
+)
 
 SIDECAR_VERSION = 1
 

@@ -70,7 +70,7 @@ class LatentPool:
         lat, cam, plk = lat[:n], cam[:n], plk[:n]
         caps = batch["captions"][:n]
         if self.latents is None or self.latents.shape[0] < self.size:
-            grow = lambda a, b: (b if a is None else torch.cat([a, b]))[: self.size]  # noqa: E731
+            grow = lambda a, b: (b if a is None else torch.cat([a, b]))[: self.size]
             self.latents, self.cams, self.pluckers = grow(self.latents, lat), grow(self.cams, cam), grow(self.pluckers, plk)
             self.captions = (self.captions + caps)[: self.size]
             return
