@@ -24,6 +24,19 @@ import torch
 from runtime.weights import HUB_SCHEME, OFFICIAL_WEIGHTS, resolve_weights
 
 
+def check_stream_latents(latents: torch.Tensor, channels: int, grid: tuple[int, int] | None,
+                         closed: bool) -> tuple[int, int]:
+    """Validate the next latents of a stream; returns their (h, w) grid (fixed for the stream's life)."""
+    if closed:
+        raise RuntimeError("decoder stream is closed")
+    if latents.dim() != 5 or latents.shape[0] != 1 or latents.shape[1] != channels or latents.shape[2] < 1:
+        raise ValueError(f"decode: expected latents [1, {channels}, T>=1, h, w], got {tuple(latents.shape)}")
+    new = (int(latents.shape[3]), int(latents.shape[4]))
+    if grid is not None and new != grid:
+        raise ValueError(f"decode: latent grid changed mid-stream from {grid} to {new}")
+    return new
+
+
 class DecoderStream(abc.ABC):
     """Causal, chunked decode of one latent video; holds the decoder's left-context caches."""
 

@@ -41,7 +41,7 @@ import torch
 from diffusers import AutoencoderKLLTX2Video
 from diffusers.models.autoencoders.autoencoder_kl_ltx2 import LTX2VideoCausalConv3d, LTX2VideoUpsampler3d
 
-from runtime.decoder import DecoderStream, VideoAutoencoder
+from runtime.decoder import DecoderStream, VideoAutoencoder, check_stream_latents
 from runtime.weights import IncompatibleWeightsError, MissingWeightsError
 
 log = logging.getLogger(__name__)
@@ -200,15 +200,7 @@ class LTX2Stream(DecoderStream):
         """Like `decode` but returns the decoder output: float [1, 3, F, H, W] in ~[-1, 1] on the device."""
 
     def _check(self, latents: torch.Tensor) -> None:
-        if self._closed:
-            raise RuntimeError("decoder stream is closed")
-        c = self._ae.latent_channels
-        if latents.dim() != 5 or latents.shape[0] != 1 or latents.shape[1] != c or latents.shape[2] < 1:
-            raise ValueError(f"decode: expected latents [1, {c}, T>=1, h, w], got {tuple(latents.shape)}")
-        grid = (int(latents.shape[3]), int(latents.shape[4]))
-        if self._grid is not None and grid != self._grid:
-            raise ValueError(f"decode: latent grid changed mid-stream from {self._grid} to {grid}")
-        self._grid = grid
+        self._grid = check_stream_latents(latents, self._ae.latent_channels, self._grid, self._closed)
 
     def close(self) -> None:
         self._closed = True

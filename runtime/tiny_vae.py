@@ -24,7 +24,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.decoder import DecoderStream, VideoAutoencoder, register_autoencoder, registered_autoencoders
+from runtime.decoder import (
+    DecoderStream,
+    VideoAutoencoder,
+    check_stream_latents,
+    register_autoencoder,
+    registered_autoencoders,
+)
 
 FORMAT = "sana-wm/tiny-vae/1"
 """`format` metadata of the safetensors file."""
@@ -285,14 +291,7 @@ class TinyDecoderStream(DecoderStream):
     @torch.no_grad()
     def decode_float(self, latents: torch.Tensor) -> torch.Tensor:
         """Like `decode` but float [1, 3, F, H, W] in ~[-1, 1] on the autoencoder's device."""
-        if self._closed:
-            raise RuntimeError("decoder stream is closed")
-        c = self._ae.latent_channels
-        if latents.dim() != 5 or latents.shape[0] != 1 or latents.shape[1] != c or latents.shape[2] < 1:
-            raise ValueError(f"decode: expected latents [1, {c}, T>=1, h, w], got {tuple(latents.shape)}")
-        grid = (int(latents.shape[3]), int(latents.shape[4]))
-        if self._grid is not None and grid != self._grid:
-            raise ValueError(f"decode: latent grid changed mid-stream from {self._grid} to {grid}")
+        grid = check_stream_latents(latents, self._ae.latent_channels, self._grid, self._closed)
         z = self._ae.denormalize(latents.to(self._ae.device))
         groups, cache = self._ae.decode_groups(z, self._cache)
         video = groups_to_video(groups, drop_first=self.latent_frames == 0)
