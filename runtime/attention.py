@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kernels.gdn import gdn_bidirectional
-from kernels.prep import gdn_prep, ucpe_prep
+from kernels.prep import gdn_prep, ucpe_prep, ucpe_qkv_prep
 from runtime.cache import GDNBlockCache, SoftmaxBlockCache
 from runtime.config import ModelConfig
 from runtime.norms import RMSNorm
@@ -106,19 +106,14 @@ class CameraAttention(nn.Module):
         return self.proj(((main.float() + cam.float()) * gate).to(x.dtype))
 
     def camera_qkv(self, x: Tensor, ctx: FrameContext, relu: bool, key_scale: float, chunks_conv: bool):
-        """Camera-branch q', k', v' [B, H, T, S, D] after norms, (ReLU, key scale) and UCPE, plus the
-        pre-UCPE keys (for the beta discount)."""
+        """Camera-branch q', k', v' [B, H, T, S, D] after norms, (ReLU, key scale) and UCPE, plus the per-frame
+        key-norm inflation of the UCPE transform [B, H, T] (for the beta discount). One fused op."""
         qc, kc, vc = self.q_proj_cam(x), self.k_proj_cam(x), self.v_proj_cam(x)
         if chunks_conv:
             # The camera K conv is bidirectional inside each chunk and carries nothing across chunks.
             kc = bidirectional_short_conv(kc, self.conv_k_cam.weight, ctx.chunks, causal_across_chunks=False)
-        qh, kh, _, _ = gdn_prep(qc, kc, self.q_norm_cam.weight, self.k_norm_cam.weight, *ctx.rope,
-                                num_heads=self.num_heads, key_scale=key_scale, relu=relu)
-        vh = _heads(vc, self.num_heads).float()
-        qp = ucpe_prep(qh, ctx.rays, *ctx.cam_rope, "q")
-        kp = ucpe_prep(kh, ctx.rays, *ctx.cam_rope, "kv")
-        vp = ucpe_prep(vh, ctx.rays, *ctx.cam_rope, "kv")
-        return qp, kp, vp, kh
+        return ucpe_qkv_prep(qc, kc, vc, self.q_norm_cam.weight, self.k_norm_cam.weight, ctx.rays, *ctx.cam_rope,
+                             num_heads=self.num_heads, key_scale=key_scale, relu=relu)
 
 
 class GDNAttention(CameraAttention):
@@ -151,16 +146,15 @@ class GDNAttention(CameraAttention):
         return self.combine(x, _tokens(main), cam)
 
     def camera_branch(self, x, ctx, beta, g, cache, write) -> Tensor:
-        qp, kp, vp, kh = self.camera_qkv(x, ctx, relu=True, key_scale=self.key_scale, chunks_conv=True)
+        qp, kp, vp, inflation = self.camera_qkv(x, ctx, relu=True, key_scale=self.key_scale, chunks_conv=True)
         # Dynamic beta discount: the UCPE transform inflates key norms; damp the write strength to match.
-        inflation = (kp.pow(2).sum(-1) / kh.pow(2).sum(-1).clamp_min(1e-12)).mean(-1)     # [B, H, T]
         beta_cam = beta / inflation.clamp_min(1.0)[..., None]
+        # The inverse UCPE of the output runs in the scan's epilogue.
         out, final = gdn_bidirectional(
             qp, kp, vp, beta_cam, g, with_z=False, initial_state=None if cache is None else (cache.cam_state, None),
-            output_final_state=write, chunks=ctx.chunks)
+            output_final_state=write, chunks=ctx.chunks, out_ucpe=(ctx.rays, *ctx.cam_rope))
         if write:
             cache.cam_state.copy_(final[0])
-        out = ucpe_prep(out, ctx.rays, *ctx.cam_rope, "out")
         return self.out_proj_cam(_tokens(out).to(x.dtype))
 
 
@@ -173,7 +167,7 @@ class SoftmaxAttention(CameraAttention):
         self.cam_scale = 1.0 / math.sqrt(cfg.cam_softmax_scale_dim)
 
     def forward(self, x: Tensor, ctx: FrameContext, cache: SoftmaxBlockCache | None = None) -> Tensor:
-        B, T, S, C = x.shape
+        T, S = x.shape[1:3]
         q, k, v = self.qkv(x).chunk(3, dim=-1)
         _, _, q_rot, k_rot = gdn_prep(q, k, self.q_norm.weight, self.k_norm.weight, *ctx.rope,
                                       num_heads=self.num_heads, key_scale=1.0, relu=False)
