@@ -98,11 +98,7 @@ def chunk_plucker_torch(c2w_raw: torch.Tensor, intr_latent: torch.Tensor,
     h, w = (int(x) for x in latent_hw)
     num_raw = c2w_raw.shape[-3]
     c2w = c2w_raw.to(compute_dtype)
-    intr = intr_latent.to(device=c2w.device, dtype=compute_dtype)
-    if intr.dim() == 1:
-        intr = intr[None]
-    if intr.shape[-2] == 1:
-        intr = intr.expand(*intr.shape[:-2], num_raw, 4)
+    intr = _intrinsics_per_frame(intr_latent, num_raw, c2w)
     idx = plucker_raw_indices_torch(latent_frames, num_raw, stride, device=c2w.device)  # [T, S]
     T, S = idx.shape
     poses = c2w[..., idx, :, :]  # [..., T, S, 4, 4]
@@ -132,13 +128,19 @@ def camera_conditions_torch(c2w_raw: torch.Tensor, intr_latent: torch.Tensor,
     num_raw = c2w_raw.shape[-3]
     idx = (stride * _latent_tensor(latent_frames, num_raw, stride, c2w_raw.device)).clamp_max(num_raw - 1)
     c2w = c2w_raw.to(compute_dtype)
-    intr = intr_latent.to(device=c2w.device, dtype=compute_dtype)
+    intr = _intrinsics_per_frame(intr_latent, num_raw, c2w)
+    flat = c2w[..., idx, :, :].reshape(*c2w.shape[:-3], idx.shape[0], 16)
+    return torch.cat([flat, intr[..., idx, :]], dim=-1)
+
+
+def _intrinsics_per_frame(intr_latent: torch.Tensor, num_raw: int, like: torch.Tensor) -> torch.Tensor:
+    """[4], [..., 1, 4] (shared) or [..., F, 4] intrinsics -> [..., F, 4] on `like`'s device and dtype."""
+    intr = intr_latent.to(device=like.device, dtype=like.dtype)
     if intr.dim() == 1:
         intr = intr[None]
     if intr.shape[-2] == 1:
         intr = intr.expand(*intr.shape[:-2], num_raw, 4)
-    flat = c2w[..., idx, :, :].reshape(*c2w.shape[:-3], idx.shape[0], 16)
-    return torch.cat([flat, intr[..., idx, :]], dim=-1)
+    return intr
 
 
 def _normalize(a: torch.Tensor) -> torch.Tensor:

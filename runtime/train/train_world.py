@@ -58,7 +58,7 @@ class LatentPool:
         video = batch["frames"].permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0      # [B, 3, F, H, W]
         lat = self.vae.encode_video(video).float()
         c2w = batch["c2w"].float()
-        intr = latent_intrinsics_torch(batch["intrinsics"].float(), cfg)[:, None].expand(-1, c2w.shape[1], -1)
+        intr = latent_intrinsics_torch(batch["intrinsics"].float(), cfg)[:, None]   # [B, 1, 4]: shared by all frames
         frames = list(range(self.T))
         cam = camera_conditions_torch(c2w, intr, frames)
         plk = chunk_plucker_torch(c2w, intr, frames, (cfg.latent_height, cfg.latent_width))
