@@ -107,9 +107,7 @@ def generate_for_clip(gen, clip: dict, seed: int) -> np.ndarray:
     out = []
     try:
         while sum(len(f) for f in out) < len(c2w):
-            raw = session.next_raw_frames()
-            idx = np.minimum(np.arange(raw.start, raw.stop), len(c2w) - 1)
-            out.append(session.step(c2w[idx]).frames)
+            out.append(session.step(session.next_poses(c2w)).frames)
     finally:
         session.close()
     return np.concatenate(out)[: len(c2w)]
@@ -169,9 +167,7 @@ def stability(gen, seconds: float, seed: int = 0, progress: bool = True) -> dict
     bar = tqdm(total=n, desc="long walk", disable=not progress)
     try:
         while produced < n:
-            raw = session.next_raw_frames()
-            idx = np.minimum(np.arange(raw.start, raw.stop), n - 1)
-            f = session.step(c2w[idx]).frames.astype(np.float64)
+            f = session.step(session.next_poses(c2w)).frames.astype(np.float64)
             stats.append({"chunk": len(stats), "mean": float(f.mean()), "std": float(f.std()),
                           "saturated": float(((f < 3) | (f > 252)).mean())})
             produced += len(f)

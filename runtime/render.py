@@ -131,10 +131,8 @@ def render_walk(gen, image, prompt: str, plan: WalkPlan, out: Path, *, seed: int
     bar = tqdm(total=plan.num_frames, unit="frame", desc=f"render {out.name}", disable=not progress)
     try:
         while written < plan.num_frames:
-            raw = session.next_raw_frames()
-            poses = _extend(c2w, raw.stop)[raw.start:raw.stop]
             t0 = time.perf_counter()
-            result = session.step(poses)
+            result = session.step(session.next_poses(c2w))
             frames = result.frames[: plan.num_frames - written]
             writer.write(frames)
             written += len(frames)

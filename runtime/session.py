@@ -78,6 +78,11 @@ class WorldSession:
         """Raw frame indices the next `step` generates (25 for the first chunk, then 24)."""
         return raw_frames_for_chunk(self.chunk_index, self.cfg.first_chunk_size, self.cfg.chunk_size, self.stride)
 
+    def next_poses(self, c2w: np.ndarray) -> np.ndarray:
+        """The poses of a whole walk [N, 4, 4] that the next `step` needs; past its end the last pose holds."""
+        raw = self.next_raw_frames()
+        return np.asarray(c2w)[np.minimum(np.arange(raw.start, raw.stop), len(c2w) - 1)]
+
     def _latent_range(self) -> range:
         return chunk_latent_range(self.chunk_index, self.cfg.first_chunk_size, self.cfg.chunk_size)
 

@@ -1,14 +1,8 @@
 """Random but valid inputs for the model (tiny config) shared by the model tests."""
-import numpy as np
 import torch
 
-from runtime.camera import actions_to_c2w, camera_conditions, chunk_plucker, default_intrinsics
-
-
-def intrinsics_latent(cfg):
-    intr = default_intrinsics((cfg.height, cfg.width))
-    sx, sy = cfg.latent_width / cfg.width, cfg.latent_height / cfg.height
-    return np.array([intr[0] * sx, intr[1] * sy, intr[2] * sx, intr[3] * sy])
+from runtime.camera import actions_to_c2w, camera_conditions, chunk_plucker
+from runtime.pipeline import latent_intrinsics as intrinsics_latent
 
 
 def random_inputs(model, T: int, seed: int = 0, batch: int = 1, actions: str = "wd-40,l-30,ai-30,s-30,none-200"):

@@ -22,9 +22,7 @@ def _walk(gen, actions: str, chunks: int = 2) -> np.ndarray:
     s = open_session(gen, str(DEFAULT_IMAGE), "a green meadow with trees at noon", seed=0)
     out = []
     for _ in range(chunks):
-        raw = s.next_raw_frames()
-        idx = np.minimum(np.arange(raw.start, raw.stop), len(c2w) - 1)
-        out.append(s.step(c2w[idx]).frames)
+        out.append(s.step(s.next_poses(c2w)).frames)
     s.close()
     return np.concatenate(out)
 
