@@ -73,11 +73,22 @@ def cmd_render(args) -> int:
     from runtime.images import open_rgb
 
     open_rgb(image)   # unreadable images fail here, before any file is written
+    refine = None
+    logged_refiner = log.get("refiner") if args.replay else None
+    if args.refine or (args.refine is None and logged_refiner):
+        # Stage-2 refiner: the model and the refiner's weights are checked before anything heavy is loaded.
+        from runtime.refiner.render import prepare_refine
+
+        refine = prepare_refine(args, model or "tiny-world", logged_refiner)
+    _check_backend(args)
     gen = load_generator(model or "tiny-world", device=args.device,
                          dtype=torch.float32 if args.device == "cpu" else None)
-    sidecar = render_walk(gen, image, prompt if prompt is not None else DEFAULT_PROMPT, plan, out,
+    gen = _engine_backend(gen, args)
+    prompt = prompt if prompt is not None else DEFAULT_PROMPT
+    sidecar = render_walk(gen, image, prompt, plan, out,
                           seed=0 if seed is None else seed, image_ref=image, model_name=model or "tiny-world",
-                          progress=not args.quiet)
+                          progress=not args.quiet,
+                          refine=None if refine is None else refine.load(prompt, device=args.device))
     gen_ms = sum(c["generate_ms"] for c in sidecar["chunks"])
     secs = sidecar["frames_written"] / sidecar["fps"]
     print(f"wrote {out} ({sidecar['frames_written']} frames, {secs:.1f} s of video; generation "
@@ -185,6 +196,69 @@ def cmd_explore(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------------
+# TensorRT: `export-trt` and `render --backend` (runtime/export_onnx.py, runtime/trt_backend.py)
+def cmd_export_trt(args) -> int:
+    import torch
+
+    from runtime import export_onnx as ex
+    from runtime.pipeline import load_generator
+
+    if args.build:
+        try:
+            ex.import_tensorrt()          # before the export, which can take long for the full model
+        except ex.TensorRTUnavailable as exc:
+            raise UsageError(f"--build: {exc}; nothing was written (run without --build for the graphs)") from None
+    out = Path(args.out)
+    gen = load_generator(args.model, device=args.device, dtype=torch.float32, random_weights=args.random_weights)
+    try:
+        manifest = ex.export_generator(gen, out, args.precision, dtype=args.dtype,
+                                       calib_chunks=args.calib_chunks, log=(lambda msg: None) if args.quiet else print)
+    except ex.ExportError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {len(manifest['graphs'])} ONNX graphs ({args.precision}, {args.dtype}), {ex.MANIFEST} and "
+          f"{ex.BUILD_SCRIPT} to {out}")
+    if args.build:
+        try:
+            built = ex.build_engines(out)
+        except (ex.TensorRTUnavailable, ex.ExportError) as exc:
+            raise UsageError(str(exc)) from None
+        print(f"built {len(built)} TensorRT engines in {out}")
+    return 0
+
+
+def _check_backend(args) -> None:
+    """Fail on a backend that cannot run here before any model is loaded."""
+    if args.backend == "torch":
+        return
+    if not args.engines:
+        raise UsageError(f"--backend {args.backend} needs --engines DIR (written by `sana-wm export-trt`)")
+    if args.backend == "tensorrt":
+        from runtime.export_onnx import TensorRTUnavailable, import_tensorrt
+
+        try:
+            import_tensorrt()
+        except TensorRTUnavailable as exc:
+            raise UsageError(str(exc)) from None
+        if args.device == "cpu":
+            raise UsageError("--backend tensorrt runs on a GPU: add --device cuda")
+    elif args.device != "cpu":
+        raise UsageError("--backend onnxruntime runs on the CPU: use --device cpu")
+
+
+def _engine_backend(gen, args):
+    """`gen` with its chunk step on the engines of --engines (unchanged for --backend torch)."""
+    if args.backend == "torch":
+        return gen
+    from runtime.export_onnx import TensorRTUnavailable
+    from runtime.trt_backend import EngineError, engine_generator
+
+    try:
+        return engine_generator(gen, args.engines, args.backend, device=args.device)
+    except (TensorRTUnavailable, EngineError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+# ------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sana-wm", description="SANA-WM interactive world explorer")
     p.add_argument("--version", action="version", version=f"sana-wm {runtime.__version__}")
@@ -208,6 +282,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu", help="cpu or cuda")
     r.add_argument("--out", required=True, help="output .mp4")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    # Stage-2 refiner (runtime/refiner): LTX-2 models only.
+    r.add_argument("--refine", action=argparse.BooleanOptionalAction, default=None,
+                   help="refine the latents with the LTX-2 refiner before decoding (off by default; a --replay "
+                        "follows its log); drops the first decoded frame")
+    r.add_argument("--refiner-root", help="refiner folder or hf:// ref with transformer/ and connectors/ "
+                                          "(default: the model preset's official one)")
+    r.add_argument("--refiner-gemma-root", help="its Gemma-3 text encoder folder (default: beside the root)")
+    r.add_argument("--refiner-block-size", type=int,
+                   help="latent frames per autoregressive refiner block (default 3; 0: one sink-bidirectional "
+                        "pass over the whole clip)")
+    r.add_argument("--refiner-kv-max-frames", type=int, help="sink + recent frames a block attends (default 11)")
+    r.add_argument("--refiner-seed", type=int, help="re-noising seed (default 42)")
+    r.add_argument("--refiner-offload", choices=["none", "model", "blocks"], default="none",
+                   help="keep the refiner in CPU memory: per component (model) or streamed block by block")
+    r.add_argument("--refiner-precision", choices=["bf16", "fp8"], default="bf16")
+    # TensorRT backend (runtime/trt_backend.py).
+    r.add_argument("--backend", default="torch", choices=["torch", "tensorrt", "onnxruntime"],
+                   help="run the chunk step in torch (default), on TensorRT engines, or as the exported graphs "
+                        "through onnxruntime on the CPU (to check an export); the last two need --engines")
+    r.add_argument("--engines", metavar="DIR", help="output folder of `sana-wm export-trt` (and its built engines)")
     r.set_defaults(func=cmd_render)
 
     sv = sub.add_parser("serve", help="serve world sessions over TCP to remote explorers (docs/protocol.md)")
@@ -264,6 +358,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compile", action="store_true", help="torch.compile each block")
     b.add_argument("--json", help="write the result as JSON")
     b.set_defaults(func=cmd_bench)
+
+    t = sub.add_parser("export-trt", help="ONNX graphs of the streaming chunk step + a TensorRT build script "
+                                          "(README: TensorRT export)")
+    t.add_argument("--model", default="tiny-world", help="tiny-world (default, embedded), a preset, or a model folder")
+    t.add_argument("--precision", default="nvfp4", choices=["nvfp4", "fp8", "bf16"],
+                   help="quantize the precision policy's layers (quant/policy.py) to NVFP4 or FP8, or none (bf16)")
+    t.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"],
+                   help="dtype of the unquantized math: bf16 for TensorRT, fp32 to check with onnxruntime")
+    t.add_argument("--out", required=True, help="output folder")
+    t.add_argument("--device", default="cpu", help="where to trace and calibrate: cpu or cuda")
+    t.add_argument("--random-weights", action="store_true", help="skip the checkpoint (the graphs' structure only)")
+    t.add_argument("--calib-chunks", type=int, default=2, help="fp8: chunks of the calibration walk (default 2)")
+    t.add_argument("--build", action="store_true", help="also build the engines (needs TensorRT importable here)")
+    t.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    t.set_defaults(func=cmd_export_trt)
     return p
 
 

@@ -105,8 +105,12 @@ def plan_from_sidecar(data: dict) -> WalkPlan:
 
 
 def render_walk(gen, image, prompt: str, plan: WalkPlan, out: Path, *, seed: int, image_ref: str | None,
-                model_name: str, progress: bool = True) -> dict:
-    """Generate the walk chunk by chunk into `out` (MP4) and its sidecar; returns the sidecar dict."""
+                model_name: str, progress: bool = True, refine=None) -> dict:
+    """Generate the walk chunk by chunk into `out` (MP4) and its sidecar; returns the sidecar dict.
+
+    refine: a `runtime.refiner.render.RefineJob` to pass the latents through the stage-2 refiner before
+    decoding (the first decoded frame, the input image, is then dropped: num_frames - 1 frames).
+    """
     from tqdm import tqdm
 
     from runtime.pipeline import open_session
@@ -130,7 +134,9 @@ def render_walk(gen, image, prompt: str, plan: WalkPlan, out: Path, *, seed: int
     writer = Mp4Writer(out, (cfg.height, cfg.width), fps=cfg.fps)
     bar = tqdm(total=plan.num_frames, unit="frame", desc=f"render {out.name}", disable=not progress)
     try:
-        while written < plan.num_frames:
+        if refine is not None:   # stage-2 refiner: its own stage-1 -> refiner -> decoder loop (runtime/refiner)
+            written = refine.render(session, c2w, plan.num_frames, writer, sidecar, side, bar)
+        while refine is None and written < plan.num_frames:
             t0 = time.perf_counter()
             result = session.step(session.next_poses(c2w))
             frames = result.frames[: plan.num_frames - written]

@@ -252,3 +252,60 @@ def _status(component: str, name: str) -> ComponentStatus:
     if path.exists():
         return ComponentStatus(component, ref, True, str(path.resolve()))
     return ComponentStatus(component, ref, False, f"{path} (not found; not a known component name either)")
+
+
+# Stage-2 refiner (spec 6.5, 7.1) ------------------------------------------------------------------------------
+REFINER_WEIGHTS: dict[str, tuple[str, str]] = {
+    "sana-wm-bidirectional": ("hf://Efficient-Large-Model/SANA-WM_bidirectional/refiner",
+                              "hf://Efficient-Large-Model/SANA-WM_bidirectional/refiner/text_encoder"),
+    "sana-wm-streaming": ("hf://Efficient-Large-Model/SANA-WM_streaming/refiner_diffusers",
+                          "hf://Efficient-Large-Model/SANA-WM_streaming/gemma3_12b"),
+}
+"""Config preset -> (refiner root holding `transformer/` and `connectors/`, its Gemma-3 text encoder folder)."""
+
+
+def resolve_refiner_weights(root: str | Path, text_encoder: str | Path | None = None, *,
+                            allow_download: bool | None = None) -> dict[str, Path]:
+    """Local folders of the LTX-2 refiner: {'transformer', 'connectors', 'text_encoder'}.
+
+    Args:
+        root: local folder or `hf://` reference holding `transformer/` and `connectors/` (diffusers layout).
+        text_encoder: the Gemma-3 folder; None looks for `<root>/text_encoder` (bidirectional release), then
+            a sibling `gemma3_12b/` (streaming release bundle).
+        allow_download: as for `resolve_weights`.
+
+    Raises:
+        MissingWeightsError: one error naming every missing folder.
+    """
+    text = str(root).rstrip("/")
+    hub = text.startswith(HUB_SCHEME)
+
+    def join(base: str, name: str) -> str:
+        return f"{base}/{name}" if hub else str(Path(base).expanduser() / name)
+
+    wanted = {"transformer": [join(text, "transformer")], "connectors": [join(text, "connectors")]}
+    if text_encoder is not None:
+        wanted["text_encoder"] = [str(text_encoder)]
+    elif hub:
+        wanted["text_encoder"] = [join(text, "text_encoder")]
+    else:
+        base = Path(text).expanduser()
+        wanted["text_encoder"] = [str(base / "text_encoder"), str(base.parent / "gemma3_12b")]
+    found: dict[str, Path] = {}
+    missing: dict[str, list[MissingWeightsError]] = {}
+    for name, refs in wanted.items():
+        errors = []
+        for ref in refs:
+            try:
+                found[name] = resolve_weights(ref, what=f"LTX-2 refiner {name}", allow_download=allow_download)
+                break
+            except MissingWeightsError as exc:
+                errors.append(exc)
+        else:
+            missing[name] = errors
+    if missing:
+        first = next(iter(missing.values()))[0]
+        folders = "; ".join(f"{name}: {' or '.join(e.where for e in errs)}" for name, errs in missing.items())
+        raise MissingWeightsError("LTX-2 refiner (stage 2)", first.ref, first.where,
+                                  f"missing folders: {folders}")
+    return found
