@@ -24,23 +24,15 @@ import datetime
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
+from runtime.bench import git_commit
+
 FPS = 16
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             check=False, cwd=Path(__file__).resolve().parents[1])
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _sync(device: torch.device) -> None:
@@ -214,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
               (platform.processor() or "cpu"), "dtype": str(dtype).replace("torch.", ""),
               "latent_grid": list(grid), "tokens_per_frame": grid[0] * grid[1], "block_frames": 3,
               "kv_max_frames": args.kv_max_frames, "text_tokens": text_len, "sigmas": [0.909375, 0.725, 0.421875, 0.0],
-              "build_s": round(time.perf_counter() - t0, 2), "commit": _commit(),
+              "build_s": round(time.perf_counter() - t0, 2), "commit": git_commit(),
               "date": datetime.date.today().isoformat(), "torch": torch.__version__, "precisions": {}}
     key_frames = args.kv_max_frames + 2    # sink + 10 history + 3 block
     flops = block_flops(cfg, grid[0] * grid[1], 3, key_frames, text_len)

@@ -25,6 +25,7 @@ touches the small correction and does not compound over frames. bf16 values are 
 from __future__ import annotations
 
 import contextlib
+import os
 import functools
 
 import torch
@@ -55,11 +56,19 @@ LAUNCH_CONFIGS: dict[str, dict[str, int]] = {
     },
 }
 
-# Matmul precisions (see module docstring). The state update is written S - S A (not S W with W = I - A),
-# so TF32 rounding only touches the small correction S A and does not compound over frames the way a
-# rounded W ~ I would; 3xTF32 there would double phase B's registers (128x128 operand split in two) and spill.
-_PREC_PARALLEL = "tf32"
-_PREC_SCAN = "tf32"
+# Matmul precisions (see module docstring). fp32 inputs get 3xTF32 in the parallel phases (A and C), so an
+# fp32 caller gets fp32-accurate results (rel. RMS ~1e-5 instead of ~1.2e-3 with plain TF32, measured on H100);
+# bf16/fp16 inputs keep plain TF32, whose error sits below rounding the result to bf16 (and 3xTF32 would cost
+# the bf16 layer 0.57 -> 1.0 ms). The state update is written S - S A (not S W with W = I - A), so TF32
+# rounding only touches the small correction S A and does not compound over frames the way a rounded W ~ I
+# would; 3xTF32 there would double phase B's registers (128x128 operand split in two) and spill.
+# SANA_WM_GDN_PRECISION="parallel_fp32,scan" overrides them (for measuring the precision / speed trade).
+_PREC_PARALLEL, _PREC_SCAN = os.environ.get("SANA_WM_GDN_PRECISION", "tf32x3,tf32").split(",")
+_PREC_LOW_INPUTS = "tf32"
+
+
+def _parallel_precision(x: Tensor) -> str:
+    return _PREC_PARALLEL if x.dtype == torch.float32 else _PREC_LOW_INPUTS
 
 _NAN_FILL = False
 
@@ -432,7 +441,7 @@ def _run(q, k, v, beta, g, q_rot, k_rot, *, do_fwd, do_bwd, initial_state, with_
         *k.stride()[:4], *k_rot.stride()[:4], *v.stride()[:4], *beta.stride(),
         H, T, S, DK, DV,
         BLOCK_S=cfg["a_block_s"], BK=BK, BV=BV, NROW=nrow, HAS_Z=with_z, NUM_STAGES=cfg["a_stages"],
-        PRECISION=_PREC_PARALLEL, num_warps=cfg["a_warps"],
+        PRECISION=_parallel_precision(k), num_warps=cfg["a_warps"],
     )
 
     # Phase B.
@@ -492,7 +501,7 @@ def _run(q, k, v, beta, g, q_rot, k_rot, *, do_fwd, do_bwd, initial_state, with_
         *q.stride()[:4], *q_rot.stride()[:4], *c_strides,
         H, T, S, DK, DV, eps,
         BLOCK_S=c_block_s, TILES=c_tiles, BK=BK, BV=BV, HAS_Z=with_z, NDIR=ndir, COMBINE=combine,
-        OUT_UCPE=out_ucpe is not None, PRECISION=_PREC_PARALLEL, num_warps=cfg["c_warps"],
+        OUT_UCPE=out_ucpe is not None, PRECISION=_parallel_precision(q), num_warps=cfg["c_warps"],
         num_stages=cfg["c_stages"],
     )
     final = (ht, zt) if output_final_state else None

@@ -1,8 +1,11 @@
 """GDN scan and prep kernels at the model's shapes on CUDA (fp32 and bf16 inputs), graph capture, compile.
 
-Tolerance rule (CONVENTIONS.md): the Triton kernels run their matmuls in TF32, so each result must be within
-2x the error of same-precision PyTorch -- the fp32 reference with TF32 matmuls -- against the fp32 reference,
-on the same inputs (bf16 inputs are upcast by both). Elementwise prep ops are held to FP32_REL.
+Tolerance rule (CONVENTIONS.md), against the fp32 reference on the same inputs:
+- fp32 inputs (3xTF32 matmuls): within 2x the error of same-precision PyTorch, the fp32 reference with TF32
+  matmuls (measured: ~1e-5 against a budget of ~1e-3);
+- bf16 inputs (plain TF32 matmuls): within 2x the error of storing the exact result in bf16, the precision the
+  model consumes it in.
+Elementwise prep ops are held to FP32_REL.
 """
 from __future__ import annotations
 
@@ -27,8 +30,12 @@ def _nan_filled(fn, **kw):
         return fn(**kw, impl="triton")
 
 
-def assert_tf32_close(name: str, out, ref, same_precision) -> None:
-    err, budget = rel_err(out, ref), 2 * rel_err(same_precision, ref) + FP32_REL
+def assert_tf32_close(name: str, out, ref, same_precision, input_dtype=torch.float32) -> None:
+    if input_dtype == torch.float32:
+        budget = 2 * rel_err(same_precision, ref) + FP32_REL
+    else:
+        budget = 2 * rel_err(ref.to(input_dtype).float(), ref) + FP32_REL
+    err = rel_err(out, ref)
     print(f"{name}: rel RMS {err:.2e} (budget {budget:.2e})")
     assert err <= budget, f"{name}: relative RMS error {err:.3e} > budget {budget:.3e}"
 
@@ -51,10 +58,10 @@ def test_bidirectional_streaming_shape(T, init, dtype, with_z):
     ref, ref_final = gdn_bidirectional_reference(**kw)
     with tf32_matmuls():
         same, same_final = gdn_bidirectional_reference(**kw)
-    assert_tf32_close("out", out, ref, same)
-    assert_tf32_close("final state", final[0], ref_final[0], same_final[0])
+    assert_tf32_close("out", out, ref, same, dtype)
+    assert_tf32_close("final state", final[0], ref_final[0], same_final[0], dtype)
     if with_z:
-        assert_tf32_close("final z", final[1], ref_final[1], same_final[1])
+        assert_tf32_close("final z", final[1], ref_final[1], same_final[1], dtype)
 
 
 def test_camera_bidirectional_fused_inverse_ucpe():
@@ -98,8 +105,8 @@ def test_bidirectional_long_chunk_causal(dtype):
     ref, ref_final = gdn_bidirectional_reference(**kw)
     with tf32_matmuls():
         same, same_final = gdn_bidirectional_reference(**kw)
-    assert_tf32_close("out", out, ref, same)
-    assert_tf32_close("final state", final[0], ref_final[0], same_final[0])
+    assert_tf32_close("out", out, ref, same, dtype)
+    assert_tf32_close("final state", final[0], ref_final[0], same_final[0], dtype)
 
 
 def test_nan_filled_buffers_are_overwritten():

@@ -4,7 +4,7 @@ import math
 import numpy as np
 
 from runtime.camera import actions_to_c2w, default_intrinsics
-from runtime.evaluate import horizontal_shift, psnr, ssim, turning_segments, yaw_rates
+from runtime.evaluate import horizontal_shift, moves, psnr, ssim, turning_segments, yaw_rates
 from runtime.world.render import render
 from runtime.world.scene import Scene
 
@@ -26,3 +26,14 @@ def test_turns_are_found_and_image_motion_has_the_right_sign():
     frames = render(scene, actions_to_c2w("a-24")[:25], default_intrinsics((72, 128)), 72, 128, "cpu").numpy()
     shift = sum(horizontal_shift(frames[k], frames[k + 1]) for k in range(24))
     assert shift > 3.0                                        # turning left slides the content right
+
+
+def test_static_walks_are_told_from_moving_ones():
+    # Standing still (or a hair of motion) is not a trajectory with motion; walking or turning is.
+    assert not moves(actions_to_c2w("none-32"))
+    jitter = np.tile(np.eye(4), (33, 1, 1))
+    jitter[1::2, 0, 3] = 0.05                    # a 5 cm wobble in place
+    assert not moves(jitter)
+    assert moves(actions_to_c2w("w-32"))
+    assert moves(actions_to_c2w("a-32"))
+    assert moves(actions_to_c2w("i-32"))

@@ -1,0 +1,19 @@
+"""The quantized embedded model still draws the same world: frame PSNR against bf16 over a short walk."""
+import pytest
+
+from runtime.pipeline import EMBEDDED_DIR
+
+pytestmark = pytest.mark.skipif(not (EMBEDDED_DIR / "model.safetensors").is_file(),
+                                reason="the embedded weights are not in this checkout")
+
+
+def test_fp8_and_nvfp4_frames_stay_close_to_bf16():
+    from bench.quant_quality import run
+
+    r = run(chunks=1)["results"]
+    assert r["fp8"]["quantized_linears"] == r["nvfp4"]["quantized_linears"] > 0
+    assert r["fp32"]["psnr_mean_db"] > 40            # the scale of differences that do not matter
+    assert r["fp8"]["psnr_mean_db"] > 30             # the issue's floor for FP8
+    # NVFP4 (4-bit weights) is measured at ~28 dB over 3 chunks (bench/results); a broken packing or scale
+    # gives noise, far below this floor.
+    assert r["nvfp4"]["psnr_mean_db"] > 20
