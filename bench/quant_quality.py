@@ -62,7 +62,7 @@ def run(chunks: int = 3, seed: int = 0) -> dict:
         results[fmt] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(net))}
     return {"bench": "quant_quality", "date": datetime.date.today().isoformat(), "commit": git_commit(),
             "device": platform.processor() or platform.machine(), "torch": torch.__version__, "model": "tiny-world",
-            "walk": WALK, "chunks": chunks, "frames": int(len(ref)), "reference": "bf16", "results": results}
+            "walk": WALK, "chunks": chunks, "frames": len(ref), "reference": "bf16", "results": results}
 
 
 def main(argv=None) -> int:

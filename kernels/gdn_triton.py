@@ -25,8 +25,8 @@ touches the small correction and does not compound over frames. bf16 values are 
 from __future__ import annotations
 
 import contextlib
-import os
 import functools
+import os
 
 import torch
 import triton
