@@ -1,6 +1,7 @@
 """One rule for every op in `kernels/`: Triton on CUDA, the PyTorch reference elsewhere."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -19,3 +20,18 @@ def use_triton(x: Tensor, impl: str) -> bool:
         return True
     # SANA_WM_KERNELS=reference forces the PyTorch references everywhere (baselines, debugging, training).
     return x.is_cuda and HAVE_TRITON and os.environ.get("SANA_WM_KERNELS", "auto") != "reference"
+
+
+@contextlib.contextmanager
+def reference_kernels():
+    """Within the block, "auto" dispatch picks the PyTorch references even on CUDA (e.g. for ONNX export,
+    whose tracer needs plain ops); the previous SANA_WM_KERNELS setting comes back afterwards."""
+    old = os.environ.get("SANA_WM_KERNELS")
+    os.environ["SANA_WM_KERNELS"] = "reference"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("SANA_WM_KERNELS", None)
+        else:
+            os.environ["SANA_WM_KERNELS"] = old

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import tempfile
 import warnings
 from dataclasses import asdict, dataclass
@@ -46,6 +45,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from kernels.dispatch import reference_kernels
 from runtime.attention import FrameContext
 from runtime.cache import GDNBlockCache
 from runtime.config import ModelConfig
@@ -433,20 +433,6 @@ def _lower_quant_nodes(proto, layers: dict[str, nn.Module], act_dtype: torch.dty
 # ------------------------------------------------------------------------------------------------------------
 # Export
 # ------------------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _reference_kernels():
-    """The PyTorch reference GDN / prep ops (plain, exportable ops) even on a CUDA machine with Triton."""
-    old = os.environ.get("SANA_WM_KERNELS")
-    os.environ["SANA_WM_KERNELS"] = "reference"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("SANA_WM_KERNELS", None)
-        else:
-            os.environ["SANA_WM_KERNELS"] = old
-
-
 @dataclass
 class GraphRecord:
     name: str
@@ -470,7 +456,7 @@ def _trace(model: nn.Module, frames: int, write_cache: bool, batch: int, workdir
         raise ExportError(f"chunks of {frames} latent frame cannot be exported; use chunks of 2 or more")
     step = ChunkStep(model, frames, write_cache, batch).eval()
     dtype = model.x_embedder.proj.weight.dtype
-    with (_reference_kernels(), _quant_placeholders(model) as holders, torch.no_grad(), warnings.catch_warnings(),
+    with (reference_kernels(), _quant_placeholders(model) as holders, torch.no_grad(), warnings.catch_warnings(),
           tempfile.TemporaryDirectory(dir=workdir) as tmp):
         # The TorchScript exporter is deprecated upstream (see export_chunk_graph for why it is used here); the
         # tracer's warnings are about Python values frozen into this fixed-shape graph, which is intended.

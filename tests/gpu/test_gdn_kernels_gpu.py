@@ -40,6 +40,18 @@ def assert_tf32_close(name: str, out, ref, same_precision, input_dtype=torch.flo
     assert err <= budget, f"{name}: relative RMS error {err:.3e} > budget {budget:.3e}"
 
 
+def _check_bidirectional(kw: dict, dtype, check_z: bool) -> None:
+    """The Triton bidirectional scan (NaN-filled buffers) against the fp32 reference: output and final states."""
+    out, final = _nan_filled(gdn.gdn_bidirectional, **kw)
+    ref, ref_final = gdn_bidirectional_reference(**kw)
+    with tf32_matmuls():
+        same, same_final = gdn_bidirectional_reference(**kw)
+    assert_tf32_close("out", out, ref, same, dtype)
+    assert_tf32_close("final state", final[0], ref_final[0], same_final[0], dtype)
+    if check_z:
+        assert_tf32_close("final z", final[1], ref_final[1], same_final[1], dtype)
+
+
 CASES = [  # (T, initial state, input dtype)
     (3, True, torch.float32), (4, False, torch.float32), (3, True, torch.bfloat16), (4, True, torch.bfloat16),
     (1, True, torch.float32),
@@ -53,15 +65,7 @@ def test_bidirectional_streaming_shape(T, init, dtype, with_z):
     inp = gdn_inputs(1, H, T, S, D, device="cuda", dtype=dtype, initial_state=init, seed=T)
     if not with_z:
         del inp["q_rot"], inp["k_rot"]
-    kw = dict(inp, with_z=with_z, output_final_state=True)
-    out, final = _nan_filled(gdn.gdn_bidirectional, **kw)
-    ref, ref_final = gdn_bidirectional_reference(**kw)
-    with tf32_matmuls():
-        same, same_final = gdn_bidirectional_reference(**kw)
-    assert_tf32_close("out", out, ref, same, dtype)
-    assert_tf32_close("final state", final[0], ref_final[0], same_final[0], dtype)
-    if with_z:
-        assert_tf32_close("final z", final[1], ref_final[1], same_final[1], dtype)
+    _check_bidirectional(dict(inp, with_z=with_z, output_final_state=True), dtype, check_z=with_z)
 
 
 def test_camera_bidirectional_fused_inverse_ucpe():
@@ -100,13 +104,7 @@ def test_bidirectional_long_chunk_causal(dtype):
     T = 121
     inp = gdn_inputs(1, H, T, S, D, device="cuda", dtype=dtype, seed=121)
     chunks = chunk_causal_chunks(T)
-    kw = dict(inp, output_final_state=True, chunks=chunks)
-    out, final = _nan_filled(gdn.gdn_bidirectional, **kw)
-    ref, ref_final = gdn_bidirectional_reference(**kw)
-    with tf32_matmuls():
-        same, same_final = gdn_bidirectional_reference(**kw)
-    assert_tf32_close("out", out, ref, same, dtype)
-    assert_tf32_close("final state", final[0], ref_final[0], same_final[0], dtype)
+    _check_bidirectional(dict(inp, output_final_state=True, chunks=chunks), dtype, check_z=False)
 
 
 def test_nan_filled_buffers_are_overwritten():
