@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -104,8 +105,13 @@ def sample_timesteps(B: int, chunks, sampler_ts, args, gen: torch.Generator) -> 
 
 
 def lr_at(step: int, args) -> float:
+    """Linear warm-up, constant, then (with --decay-steps) a cosine decay from --decay-start down to
+    --lr-final * lr, held there after."""
     warm = min(1.0, (step + 1) / args.warmup)
-    return args.lr * warm
+    if args.decay_steps <= 0 or step < args.decay_start:
+        return args.lr * warm
+    frac = min(1.0, (step - args.decay_start) / args.decay_steps)
+    return args.lr * warm * (args.lr_final + (1 - args.lr_final) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 def main(argv=None) -> int:
@@ -123,6 +129,9 @@ def main(argv=None) -> int:
     p.add_argument("--refresh", type=int, default=8)
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--decay-start", type=int, default=0, help="step where the cosine learning-rate decay starts")
+    p.add_argument("--decay-steps", type=int, default=0, help="length of the decay (0: constant learning rate)")
+    p.add_argument("--lr-final", type=float, default=0.05, help="final learning rate as a fraction of --lr")
     p.add_argument("--ema", type=float, default=0.999)
     p.add_argument("--p-clean", type=float, default=0.3)
     p.add_argument("--p-sampler-t", type=float, default=0.7)
