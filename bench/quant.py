@@ -9,9 +9,11 @@ Shapes: M = 2640 tokens (one 3-frame chunk, 3 x 880) and 10560 (12 frames); (K, 
 
     bf16              torch.matmul(x, W^T), bf16 cuBLAS: the baseline
     nvfp4_triton      quant.gemm.nvfp4_linear_triton (W4A16, weights dequantized in registers)
-    nvfp4_dequant     dequantize W to bf16 every call, then cuBLAS (the naive W4A16 alternative)
-    fp8_gemm          torch._scaled_mm on pre-quantized activations (the FP8 GEMM alone)
-    fp8_linear        quant.gemm.fp8_linear_scaled_mm: per-tensor activation quantization + _scaled_mm
+    nvfp4_dequant     one Triton pass dequantizes W to a bf16 scratch tensor every call, then cuBLAS
+    nvfp4_auto        quant.gemm.nvfp4_linear's choice (fused below NVFP4_DEQUANT_MIN_M rows, else dequant)
+    nvfp4_dequant_pass  the dequantization pass alone
+    fp8_gemm          row-wise torch._scaled_mm on pre-quantized activations (the FP8 GEMM alone)
+    fp8_linear        quant.gemm.fp8_linear_scaled_mm: per-token activation quantization (Triton) + _scaled_mm
 
 Timings are triton.testing.do_bench medians (L2 flushed between runs) on random normal inputs (no zeros). Each row
 also gives TFLOP/s, speed relative to bf16, the fraction of the bf16 matmul peak measured here on an 8192^3
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from quant.fp8 import fp8_nbytes, quantize_fp8, quantize_fp8_per_tensor
+from quant.fp8 import fp8_nbytes, quantize_fp8, quantize_fp8_per_row
 from quant.nvfp4 import nvfp4_nbytes
 from quant.policy import QuantPolicy, default_policy
 
@@ -164,7 +166,7 @@ def measure_peaks(do_bench) -> tuple[float, float]:
 
 
 def bench_shape(do_bench, m: int, k: int, n: int, label: str, sweep: bool) -> list[dict]:
-    from quant.gemm import nvfp4_linear_dequant, nvfp4_linear_triton
+    from quant.gemm import nvfp4_dequant_triton, nvfp4_linear, nvfp4_linear_dequant, nvfp4_linear_triton
     from quant.nvfp4 import dequantize_nvfp4, quantize_nvfp4
 
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -172,26 +174,29 @@ def bench_shape(do_bench, m: int, k: int, n: int, label: str, sweep: bool) -> li
     w = (0.02 * torch.randn(n, k, device="cuda", generator=g)).bfloat16()
     q4 = quantize_nvfp4(w)
     q8 = quantize_fp8(w)
-    xq, sx = quantize_fp8_per_tensor(x)
+    xq, sx = quantize_fp8_per_row(x)                      # per-token activation scales, as fp8_linear does
     wt = q8.weight.t()
-    sw = q8.weight_scale
+    sw = q8.weight_scale.float().reshape(1, 1).expand(1, n).contiguous()
 
     ref_bf16 = x.float() @ w.float().t()
     ref_nvfp4 = x.float() @ dequantize_nvfp4(*q4).t()
-    ref_fp8 = (xq.float() * sx) @ (q8.weight.float() * sw).t()
+    ref_fp8 = (xq.float() * sx) @ (q8.weight.float() * q8.weight_scale.float()).t()
     act, out = 2 * m * k, 2 * m * n  # bf16 activation in / out bytes
     cases = [
         ("bf16", lambda: torch.matmul(x, w.t()), ref_bf16, act + 2 * n * k + out),
         ("nvfp4_triton", lambda: nvfp4_linear_triton(x, *q4), ref_nvfp4, act + nvfp4_nbytes(n, k) + out),
         ("nvfp4_dequant", lambda: nvfp4_linear_dequant(x, *q4), ref_nvfp4,
          act + nvfp4_nbytes(n, k) + 4 * n * k + out),  # + write and read of the bf16 copy
+        ("nvfp4_auto", lambda: nvfp4_linear(x, *q4), ref_nvfp4, act + nvfp4_nbytes(n, k) + out),
+        # The dequantization pass alone (its "TFLOP/s" are those of the GEMM it serves).
+        ("nvfp4_dequant_pass", lambda: nvfp4_dequant_triton(*q4), None, nvfp4_nbytes(n, k) + 2 * n * k),
         ("fp8_gemm", lambda: torch._scaled_mm(xq, wt, sx, sw, out_dtype=torch.bfloat16), ref_fp8,
          m * k + n * k + out),
         ("fp8_linear", lambda: _fp8_linear(x, q8), ref_fp8, act + m * k + n * k + out),
     ]
     rows = []
     for name, fn, ref, nbytes in cases:
-        err = _rel_rms(fn(), ref)
+        err = _rel_rms(fn(), ref) if ref is not None else None
         ms = do_bench(fn, warmup=25, rep=200, return_mode="median")
         rows.append({"M": m, "K": k, "N": n, "layer": label, "kernel": name, "ms": ms,
                      "tflops": 2 * m * n * k / ms / 1e9, "bytes": nbytes, "rel_rms": err})
@@ -227,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="also time the NVFP4 Triton launch configs")
     parser.add_argument("--bytes-only", action="store_true", help="only the model weight bytes (no GPU)")
     parser.add_argument("--config", default="sana-wm-streaming", help="model config preset or YAML path")
+    parser.add_argument("--m", default=",".join(map(str, TOKEN_COUNTS)),
+                        help="comma-separated token counts M (e.g. 256,1024,2640 to place NVFP4_DEQUANT_MIN_M)")
     args = parser.parse_args(argv)
 
     from runtime.config import load_config
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{gpu} (sm_{cap[0]}{cap[1]}), torch {torch.__version__}: bf16 matmul peak {peak:.0f} TFLOP/s "
           f"(8192^3), copy {bw:.0f} GB/s")
     rows = []
-    for m in TOKEN_COUNTS:
+    for m in (int(v) for v in args.m.split(",")):
         for label, k, n in LINEAR_SHAPES:
             rows.extend(bench_shape(do_bench, m, k, n, label, args.sweep))
             torch.cuda.empty_cache()
@@ -277,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         r["fraction_of_floor"] = floor_ms / r["ms"]
         print(f"{r['M']:>6} {r['layer']:<8} {r['K']:>5} {r['N']:>6} {r['kernel']:<18} {r['ms']:>8.3f} "
               f"{r['tflops']:>8.1f} {r['speed_vs_bf16']:>7.2f}x {r['fraction_of_peak']:>8.1%} "
-              f"{r['fraction_of_floor']:>8.1%} {r['rel_rms']:>9.2e}")
+              f"{r['fraction_of_floor']:>8.1%} {'' if r['rel_rms'] is None else format(r['rel_rms'], '.2e'):>9}")
     record.update({"gpu": gpu, "compute_capability": list(cap), "torch": torch.__version__,
                    "triton": __import__("triton").__version__, "bf16_peak_tflops": peak, "copy_gbps": bw,
                    "rows": rows})

@@ -57,6 +57,13 @@ def quantize_fp8_per_tensor(x: torch.Tensor, scale: torch.Tensor | None = None
     return _cast_e4m3(x.float() / scale), scale
 
 
+def quantize_fp8_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[..., K] -> (float8_e4m3fn same shape, float32 [..., 1] scales): one scale per row (per token), so one
+    outlier token does not crush the resolution of all others. No host sync (used inside forward)."""
+    scale = _safe_scale(x.detach().abs().amax(dim=-1, keepdim=True))
+    return _cast_e4m3(x.float() / scale), scale
+
+
 def _block_view(shape: tuple[int, int], b: int) -> tuple[int, int]:
     return math.ceil(shape[0] / b), math.ceil(shape[1] / b)
 

@@ -5,7 +5,9 @@ picks between them.
 
 NVFP4 weights (W4A16: activations stay bf16)
     nvfp4_linear_ref        fp32 reference
-    nvfp4_linear_dequant    dequantize W to x.dtype, then cuBLAS (for comparison in the benchmark)
+    nvfp4_dequant_triton    one-pass Triton dequantization to bf16 (bit-identical to quant.nvfp4's)
+    nvfp4_linear_dequant    dequantize W to x.dtype (Triton on CUDA) into a scratch tensor, then cuBLAS: the
+                            fastest W4A16 path on Hopper at large M (weights stay 4-bit at rest)
     nvfp4_linear_triton     Triton kernel that unpacks and scales W tiles in registers, bf16 tensor-core dot;
                             runs on sm_80+ (written for Hopper, which has no FP4 tensor cores)
     nvfp4_linear_sm100      UNTESTED: Triton `tl.dot_scaled` with E2M1 weights and E4M3 block scales for
@@ -14,7 +16,8 @@ NVFP4 weights (W4A16: activations stay bf16)
 FP8 E4M3 weights
     fp8_linear_ref          fp32 reference; per-tensor weights quantize activations per tensor (W8A8),
                             per-block weights keep activations unquantized (W8A16)
-    fp8_linear_scaled_mm    torch._scaled_mm, per-tensor scales, activations quantized on the fly
+    fp8_linear_scaled_mm    torch._scaled_mm: per-tensor weight scale, activations quantized on the fly per token
+                            (row-wise scales, one Triton pass on CUDA) or with the static input_scale
     fp8_linear              dispatch (per-block weights on CUDA: dequantize + cuBLAS)
 """
 from __future__ import annotations
@@ -24,7 +27,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from quant.fp8 import dequantize_fp8, quantize_fp8_per_tensor
+from quant.fp8 import dequantize_fp8, quantize_fp8_per_row, quantize_fp8_per_tensor
 from quant.nvfp4 import BLOCK_SIZE, dequantize_nvfp4
 
 try:
@@ -82,7 +85,10 @@ def nvfp4_linear_dequant(x: torch.Tensor, weight: torch.Tensor, weight_scale: to
                          weight_scale_2: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Dequantize W to x.dtype, then F.linear (cuBLAS on CUDA). Same signature as nvfp4_linear_ref."""
     _check_nvfp4_args(x, weight, weight_scale)
-    w = dequantize_nvfp4(weight, weight_scale, weight_scale_2, x.dtype)
+    if x.is_cuda and HAS_TRITON:
+        w = nvfp4_dequant_triton(weight, weight_scale, weight_scale_2, x.dtype)  # one pass, same bits
+    else:
+        w = dequantize_nvfp4(weight, weight_scale, weight_scale_2, x.dtype)
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 
@@ -90,6 +96,19 @@ def nvfp4_linear_dequant(x: torch.Tensor, weight: torch.Tensor, weight_scale: to
 # NVFP4: Triton kernels
 # ---------------------------------------------------------------------------------------------------------------
 if HAS_TRITON:
+
+    @triton.jit
+    def _e4m3_bits_as_f16(b_s):
+        # E4M3 (s eeee mmm, bias 7) -> fp16 (s eeeee mmmmmmmmmm, bias 15): sign to bit 15, the 7 other bits to
+        # bits 7..13. Reads the value times 2^-8, exactly (subnormals included), with no lookup table.
+        b_si = b_s.to(tl.int32)
+        return (((b_si & 0x80) << 8) | ((b_si & 0x7F) << 7)).to(tl.uint16).to(tl.float16, bitcast=True)
+
+    @triton.jit
+    def _e2m1_bits_as_f16(b_code):
+        # E2M1 (s ee m, bias 1) -> fp16 the same way: sign to bit 15, the 3 other bits to bits 9..11; reads the
+        # value times 2^-14, exactly.
+        return (((b_code & 0x8) << 12) | ((b_code & 0x7) << 9)).to(tl.uint16).to(tl.float16, bitcast=True)
 
     @triton.jit
     def _nvfp4_w4a16_kernel_sm90(
@@ -119,8 +138,8 @@ if HAS_TRITON:
         p_xb = p_x + o_m[:, None] * stride_xm + o_k[None, :] * stride_xk
         p_wb = p_w + o_n[:, None] * stride_wn + o_kb[None, :] * stride_wk
         p_sb = p_s + o_n[:, None] * stride_sn + o_ks[None, :] * stride_sk
-        # Codes and scales are decoded by placing their bits in an fp16 (see below); that reads E2M1 as
-        # value * 2^-14 and E4M3 as value * 2^-8. Undo both with one power of two folded into the tensor scale.
+        # Codes and scales are decoded through fp16 bit patterns (value * 2^-14 and value * 2^-8); undo both with
+        # one power of two folded into the tensor scale.
         s2 = tl.load(p_s2).to(tl.float32) * 4194304.0  # 2^22
 
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -133,22 +152,13 @@ if HAS_TRITON:
                 b_x = tl.load(p_xb, mask=m_m[:, None] & (k0 + o_k[None, :] < K), other=0.0)
                 b_w = tl.load(p_wb, mask=m_n[:, None] & (k0 // 2 + o_kb[None, :] < K // 2), other=0)
                 b_s = tl.load(p_sb, mask=m_n[:, None] & (k0 // 16 + o_ks[None, :] < K // 16), other=0)
-            # E4M3 (s eeee mmm, bias 7) -> fp16 (s eeeee mmmmmmmmmm, bias 15): sign to bit 15, the 7 other bits to
-            # bits 7..13. Exact, subnormals included, and no lookup table or float ops per element.
-            b_si = b_s.to(tl.int32)
-            b_sf = (((b_si & 0x80) << 8) | ((b_si & 0x7F) << 7)).to(tl.uint16).to(tl.float16, bitcast=True)
-            b_sf = b_sf.to(tl.float32) * s2
+            b_sf = _e4m3_bits_as_f16(b_s).to(tl.float32) * s2
             # One scale per 16 codes = per 8 bytes of the packed tile.
             b_sf = tl.reshape(tl.broadcast_to(b_sf[:, :, None], (BLOCK_N, BLOCK_K // 16, 8)),
                               (BLOCK_N, BLOCK_K // 2))
-            # E2M1 (s ee m, bias 1) -> fp16 the same way: sign to bit 15, the 3 other bits to bits 9..11.
             b_wi = b_w.to(tl.int32)
-            b_lo = b_wi & 0x0F
-            b_hi = b_wi >> 4
-            b_lo = (((b_lo & 0x8) << 12) | ((b_lo & 0x7) << 9)).to(tl.uint16).to(tl.float16, bitcast=True)
-            b_hi = (((b_hi & 0x8) << 12) | ((b_hi & 0x7) << 9)).to(tl.uint16).to(tl.float16, bitcast=True)
-            b_lo = (b_lo.to(tl.float32) * b_sf).to(b_x.dtype)
-            b_hi = (b_hi.to(tl.float32) * b_sf).to(b_x.dtype)
+            b_lo = (_e2m1_bits_as_f16(b_wi & 0x0F).to(tl.float32) * b_sf).to(b_x.dtype)
+            b_hi = (_e2m1_bits_as_f16(b_wi >> 4).to(tl.float32) * b_sf).to(b_x.dtype)
             # Even k sits in the low nibble: interleave (lo, hi) back to [BLOCK_N, BLOCK_K].
             b_wk = tl.reshape(tl.join(b_lo, b_hi), (BLOCK_N, BLOCK_K))
             acc = tl.dot(b_x, tl.trans(b_wk), acc)
@@ -212,6 +222,74 @@ if HAS_TRITON:
         p_yb = p_y + o_m[:, None] * stride_ym + o_n[None, :] * stride_yn
         tl.store(p_yb, acc.to(p_y.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
 
+    @triton.jit
+    def _nvfp4_dequant_kernel(p_w, p_s, p_s2, p_out, N, K2, stride_wn, stride_sn, stride_on,
+                              BLOCK_N: tl.constexpr, BLOCK_KB: tl.constexpr):
+        # One [BLOCK_N, 2 * BLOCK_KB] tile of W: each packed byte holds codes 2j (low nibble) and 2j + 1.
+        o_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        o_kb = tl.program_id(1) * BLOCK_KB + tl.arange(0, BLOCK_KB)
+        mask = (o_n[:, None] < N) & (o_kb[None, :] < K2)
+        b_w = tl.load(p_w + o_n[:, None] * stride_wn + o_kb[None, :], mask=mask, other=0).to(tl.int32)
+        b_s = tl.load(p_s + o_n[:, None] * stride_sn + o_kb[None, :] // 8, mask=mask, other=0)
+        s2 = tl.load(p_s2).to(tl.float32) * 4194304.0  # 2^22 undoes the 2^-8 and 2^-14 of the fp16 decodes
+        b_sf = _e4m3_bits_as_f16(b_s).to(tl.float32) * s2
+        b_lo = _e2m1_bits_as_f16(b_w & 0x0F).to(tl.float32) * b_sf
+        b_hi = _e2m1_bits_as_f16(b_w >> 4).to(tl.float32) * b_sf
+        b_out = tl.reshape(tl.join(b_lo, b_hi), (BLOCK_N, 2 * BLOCK_KB))
+        o_k = tl.program_id(1) * 2 * BLOCK_KB + tl.arange(0, 2 * BLOCK_KB)
+        tl.store(p_out + o_n[:, None] * stride_on + o_k[None, :], b_out.to(p_out.dtype.element_ty),
+                 mask=(o_n[:, None] < N) & (o_k[None, :] < 2 * K2))
+
+    @triton.jit
+    def _fp8_quantize_rows_kernel(p_x, p_q, p_scale, K, stride_xm, stride_qm, BLOCK_K: tl.constexpr):
+        # One row per program: amax, scale = amax / 448 (1 for an all-zero row), q = clamp(x / scale) in E4M3.
+        row = tl.program_id(0)
+        o_k = tl.arange(0, BLOCK_K)
+        mask = o_k < K
+        b_x = tl.load(p_x + row * stride_xm + o_k, mask=mask, other=0.0).to(tl.float32)
+        scale = tl.max(tl.abs(b_x), axis=0) / 448.0
+        scale = tl.where(scale > 0, scale, 1.0)
+        b_q = tl.clamp(tl.math.div_rn(b_x, scale), -448.0, 448.0)
+        tl.store(p_q + row * stride_qm + o_k, b_q.to(p_q.dtype.element_ty), mask=mask)
+        tl.store(p_scale + row, scale)
+
+
+def nvfp4_dequant_triton(weight: torch.Tensor, weight_scale: torch.Tensor, weight_scale_2: torch.Tensor,
+                         dtype: torch.dtype = torch.bfloat16, *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Packed NVFP4 -> [N, K] in `dtype` in one Triton pass; bit-identical to quant.nvfp4.dequantize_nvfp4
+    (fp32 products, one rounding)."""
+    if not HAS_TRITON:
+        raise RuntimeError("nvfp4_dequant_triton needs triton, which is not installed")
+    n, k2 = weight.shape
+    if weight.dtype != torch.uint8:
+        raise TypeError(f"nvfp4 weight must be uint8 (packed E2M1), got {weight.dtype}")
+    if weight_scale.shape != (n, 2 * k2 // BLOCK_SIZE):
+        raise ValueError(f"weight_scale shape {tuple(weight_scale.shape)} != {(n, 2 * k2 // BLOCK_SIZE)}")
+    if out is None:
+        out = torch.empty(n, 2 * k2, dtype=dtype, device=weight.device)
+    weight, scale_u8 = weight.contiguous(), weight_scale.contiguous().view(torch.uint8)
+    block_n, block_kb = 32, 64
+    grid = (triton.cdiv(n, block_n), triton.cdiv(k2, block_kb))
+    _nvfp4_dequant_kernel[grid](weight, scale_u8, weight_scale_2, out, n, k2, weight.stride(0),
+                                scale_u8.stride(0), out.stride(0), BLOCK_N=block_n, BLOCK_KB=block_kb)
+    return out
+
+
+def fp8_quantize_rows_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[M, K] -> (float8_e4m3fn [M, K], float32 [M, 1] scales) in one pass; equals
+    quant.fp8.quantize_fp8_per_row."""
+    if not HAS_TRITON:
+        raise RuntimeError("fp8_quantize_rows_triton needs triton, which is not installed")
+    x = x.contiguous()
+    m, k = x.shape
+    q = torch.empty(m, k, dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty(m, 1, dtype=torch.float32, device=x.device)
+    block_k = triton.next_power_of_2(k)
+    _fp8_quantize_rows_kernel[(m,)](x, q, scale, k, x.stride(0), q.stride(0), BLOCK_K=block_k,
+                                    num_warps=4 if block_k <= 4096 else 8)
+    return q, scale
+
+
 
 def _launch_nvfp4(kernel, default_config: dict, x, weight, weight_scale, weight_scale_2, bias, out, config):
     if not HAS_TRITON:
@@ -259,17 +337,35 @@ def nvfp4_linear_sm100(x: torch.Tensor, weight: torch.Tensor, weight_scale: torc
                          x, weight, weight_scale, weight_scale_2, bias, out, config)
 
 
+NVFP4_DEQUANT_MIN_M = 1024
+"""From this many activation rows up, auto dispatch on Hopper dequantizes W to a bf16 scratch tensor and calls
+cuBLAS (the dequantization costs O(N K), the GEMM O(M N K)); below it, the fused kernel reads 4-bit weights only.
+Measured on H200 with bench/quant.py (docs/quantization.md)."""
+
+_NVFP4_KERNELS = {"triton": lambda *a: nvfp4_linear_triton(*a), "sm100": lambda *a: nvfp4_linear_sm100(*a),
+                  "dequant": lambda *a: nvfp4_linear_dequant(*a)}
+
+
 # Registered as a custom op so torch.compile / CUDA graphs see one opaque node with a shape-only fake.
 @torch.library.custom_op("sana_wm_quant::nvfp4_linear", mutates_args=(), device_types="cuda")
 def _nvfp4_linear_op(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-                     weight_scale_2: torch.Tensor, bias: torch.Tensor | None, sm100: bool) -> torch.Tensor:
-    fn = nvfp4_linear_sm100 if sm100 else nvfp4_linear_triton
-    return fn(x.contiguous(), weight, weight_scale, weight_scale_2, bias)
+                     weight_scale_2: torch.Tensor, bias: torch.Tensor | None, kernel: str) -> torch.Tensor:
+    return _NVFP4_KERNELS[kernel](x.contiguous(), weight, weight_scale, weight_scale_2, bias)
 
 
 @_nvfp4_linear_op.register_fake
-def _(x, weight, weight_scale, weight_scale_2, bias, sm100):
+def _(x, weight, weight_scale, weight_scale_2, bias, kernel):
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+@torch.library.custom_op("sana_wm_quant::fp8_quantize_rows", mutates_args=(), device_types="cuda")
+def _fp8_quantize_rows_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return fp8_quantize_rows_triton(x)
+
+
+@_fp8_quantize_rows_op.register_fake
+def _(x):
+    return (x.new_empty(x.shape, dtype=torch.float8_e4m3fn), x.new_empty((x.shape[0], 1), dtype=torch.float32))
 
 
 # Read once at import: the dispatch below must stay traceable by torch.compile (fullgraph) and cheap per call.
@@ -296,17 +392,23 @@ def nvfp4_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tens
         x: [..., K] activations (bf16 / fp16 on CUDA; any float elsewhere).
         weight: uint8 [N, K/2]; weight_scale: float8_e4m3fn [N, K/16]; weight_scale_2: float32 [].
         bias: [N] or None.
-        backend: "auto" (Triton on CUDA with triton installed, else the fp32 reference), "torch" (reference),
-            "dequant", "triton", "sm100" (untested; auto picks it only with SANA_WM_NVFP4_SM100=1 on cc >= 10).
+        backend: "auto" (on CUDA with triton: the fused kernel below NVFP4_DEQUANT_MIN_M rows, dequant above;
+            else the fp32 reference), "torch" (reference), "dequant", "triton", "sm100" (untested; auto picks
+            it only with SANA_WM_NVFP4_SM100=1 on cc >= 10).
     Returns:
         [..., N] in x.dtype.
     """
     if backend == "auto":
         fast = (x.is_cuda and HAS_TRITON and x.dtype in (torch.bfloat16, torch.float16)
                 and _capability(x.device) >= (8, 0))
-        backend = ("sm100" if _use_sm100(x.device) else "triton") if fast else "torch"
-    if backend in ("triton", "sm100") and x.is_cuda:
-        return _nvfp4_linear_op(x, weight, weight_scale, weight_scale_2, bias, backend == "sm100")
+        if not fast:
+            backend = "torch"
+        elif _use_sm100(x.device):
+            backend = "sm100"
+        else:
+            backend = "dequant" if x.numel() // max(x.shape[-1], 1) >= NVFP4_DEQUANT_MIN_M else "triton"
+    if backend in ("triton", "sm100", "dequant") and x.is_cuda and HAS_TRITON:
+        return _nvfp4_linear_op(x, weight, weight_scale, weight_scale_2, bias, backend)
     if backend == "triton":
         return nvfp4_linear_triton(x, weight, weight_scale, weight_scale_2, bias)
     if backend == "sm100":
@@ -325,11 +427,14 @@ def fp8_linear_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Te
                    bias: torch.Tensor | None = None, input_scale: torch.Tensor | None = None,
                    block_size: int | None = None) -> torch.Tensor:
     """fp32 reference. x [..., K]; weight float8_e4m3fn [N, K]; weight_scale fp32 [] (per tensor: activations
-    are quantized per tensor with `input_scale` or their own amax) or [ceil(N/b), ceil(K/b)] for
-    block_size b (activations stay unquantized). Returns [..., N] in x.dtype."""
+    are quantized per tensor with a static `input_scale`, else per token with their own row amax) or
+    [ceil(N/b), ceil(K/b)] for block_size b (activations stay unquantized). Returns [..., N] in x.dtype."""
     w = dequantize_fp8(weight, weight_scale, block_size, torch.float32)
     if block_size is None:
-        xq, sx = quantize_fp8_per_tensor(x, input_scale)
+        if input_scale is None:
+            xq, sx = quantize_fp8_per_row(x)
+        else:
+            xq, sx = quantize_fp8_per_tensor(x, input_scale)
         xf = xq.float() * sx
     else:
         xf = x.float()
@@ -350,9 +455,15 @@ def fp8_linear_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: to
     if x.dtype not in (torch.bfloat16, torch.float16):
         raise TypeError(f"fp8_linear_scaled_mm: x must be bf16 or fp16, got {x.dtype}")
     x2 = x.reshape(-1, k)
-    xq, sx = quantize_fp8_per_tensor(x2, input_scale)
-    y = torch._scaled_mm(xq, weight.t(), sx, weight_scale.float().reshape(()),
-                         bias=None if bias is None else bias.to(x.dtype), out_dtype=x.dtype)
+    w_scale = weight_scale.float().reshape(())
+    if input_scale is not None:
+        xq, sx = quantize_fp8_per_tensor(x2, input_scale)
+    else:
+        # Per-token scales: one fused pass on CUDA, and row-wise _scaled_mm takes the weight scale per column.
+        xq, sx = _fp8_quantize_rows_op(x2) if x2.is_cuda and HAS_TRITON else quantize_fp8_per_row(x2)
+        w_scale = w_scale.expand(1, n).contiguous()
+    y = torch._scaled_mm(xq, weight.t(), sx, w_scale, bias=None if bias is None else bias.to(x.dtype),
+                         out_dtype=x.dtype)
     return y.view(*x.shape[:-1], n)
 
 

@@ -132,7 +132,7 @@ class NVFP4Linear(QuantLinear):
 
 class FP8Linear(QuantLinear):
     """nn.Linear with an FP8 E4M3 weight: float8_e4m3fn `weight` [out, in], float32 `weight_scale` ([] per
-    tensor: W8A8 with dynamic per-tensor activation scales, or the static `input_scale` if present; or a
+    tensor: W8A8 with dynamic per-token activation scales, or the static `input_scale` if present; or a
     [ceil(out/b), ceil(in/b)] grid of b x b block scales: W8A16)."""
 
     FORMAT = "fp8"

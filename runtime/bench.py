@@ -72,7 +72,7 @@ def git_commit() -> str:
 
 def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chunks: int = 10, warmup: int = 3,
               decode: bool = True, device: str = "cuda", seed: int = 0, cuda_graphs: bool = True,
-              compile: bool = False) -> dict:
+              compile: bool = False, profile: str | None = None) -> dict:
     from runtime.model import build_model
     from runtime.pipeline import latent_intrinsics
     from runtime.session import WorldSession
@@ -104,11 +104,11 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
     total_chunks = warmup + chunks
     poses = actions_to_c2w("w-40,wd-30,l-20,w-40,ai-20," * (1 + total_chunks // 4) + "none-10")
 
-    def new_session():
+    def new_session(graphs: bool = cuda_graphs and cuda):
         first = ae.encode_image(image) if ae is not None else torch.randn(
             1, cfg.in_channels, 1, cfg.latent_height, cfg.latent_width, generator=g).to(dev, dtype)
         return WorldSession(net, text, first_latent=first, intrinsics_latent=latent_intrinsics(cfg), seed=seed,
-                            autoencoder=ae, cuda_graphs=cuda_graphs and cuda)
+                            autoencoder=ae, cuda_graphs=graphs)
 
     def step(session):
         raw = session.next_raw_frames()
@@ -132,6 +132,8 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
             gen_ms.append(r.timings["generate_ms"])
             total_ms.append(r.timings["total_ms"])
     s.close()
+    if profile and cuda:
+        profile_chunks(lambda: new_session(graphs=False), step, profile)  # graph replays hide kernels
     frames_per_chunk = cfg.chunk_size * cfg.frames_per_latent
     video_s = frames_per_chunk / cfg.fps
     p50_gen, p50_total = statistics.median(gen_ms), statistics.median(total_ms)
@@ -164,6 +166,26 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
                        "achieved_tflops": round(flops / (p50_gen / 1e3) / 1e12, 1),
                        "peak_memory_gb": round(torch.cuda.max_memory_allocated(dev) / 1e9, 2)})
     return result
+
+
+def profile_chunks(new_session, step, path: str, chunks: int = 2) -> None:
+    """Kernel-level breakdown of `chunks` steady-state chunks (after two warm-up chunks) with torch.profiler,
+    written as a table to `path`; `new_session` should build a session without CUDA graphs (their replays hide
+    the kernels from the profiler)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    s = new_session()
+    for _ in range(2):
+        step(s)
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(chunks):
+            step(s)
+        torch.cuda.synchronize()
+    s.close()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=60, max_name_column_width=70)
+    Path(path).write_text(f"torch.profiler over {chunks} chunks (times are totals over them)\n{table}\n")
 
 
 def _bench_autoencoder(cfg, dev, dtype):

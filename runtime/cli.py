@@ -106,7 +106,7 @@ def cmd_bench(args) -> int:
                          "for a CPU figure)")
     result = run_bench(args.model, precision=args.precision, chunks=args.chunks, warmup=args.warmup,
                        decode=args.decode, device=args.device, cuda_graphs=args.graphs,
-                       compile=args.compile)
+                       compile=args.compile, profile=args.profile)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
@@ -357,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replay the steady-state chunk step from a CUDA graph")
     b.add_argument("--compile", action="store_true", help="torch.compile each block")
     b.add_argument("--json", help="write the result as JSON")
+    b.add_argument("--profile", metavar="OUT.txt", help="also write a torch.profiler kernel table of two "
+                   "chunks of an extra session run without CUDA graphs")
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("export-trt", help="ONNX graphs of the streaming chunk step + a TensorRT build script "

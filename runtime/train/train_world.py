@@ -107,7 +107,7 @@ def sample_timesteps(B: int, chunks, sampler_ts, args, gen: torch.Generator) -> 
 def lr_at(step: int, args) -> float:
     """Linear warm-up, constant, then (with --decay-steps) a cosine decay from --decay-start down to
     --lr-final * lr, held there after."""
-    warm = min(1.0, (step + 1) / args.warmup)
+    warm = min(1.0, (step - getattr(args, "warmup_start", 0) + 1) / args.warmup)
     if args.decay_steps <= 0 or step < args.decay_start:
         return args.lr * warm
     frac = min(1.0, (step - args.decay_start) / args.decay_steps)
@@ -139,6 +139,8 @@ def main(argv=None) -> int:
     p.add_argument("--save-every-min", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--state-dir", help="resumable state (default: OUT/train_state); files stay under 16 MB each")
+    p.add_argument("--init-from", help="start from these weights (e.g. the shipped model.safetensors, whose step "
+                   "count it takes) with a fresh optimizer and a new warm-up, when no resumable state exists")
     args = p.parse_args(argv)
 
     # The Triton kernels are inference-only (no backward): train through the PyTorch references.
@@ -167,6 +169,10 @@ def main(argv=None) -> int:
         gen.set_state(meta["rng"])
         step, stream_state = meta["step"], meta["stream"]
         print(f"resumed from step {step}")
+    elif args.init_from:
+        step = _init_from(args.init_from, model, ema)
+        args.warmup_start = step
+        print(f"initialised from {args.init_from} (step {step}), fresh optimizer")
     _wake_plucker(model, ema, seed=args.seed)
     vae = TinyVideoAutoencoder.from_file(args.vae or out / "vae.safetensors").to(device).eval()
     text_enc = load_text_encoder(cfg.text_encoder, caption_channels=cfg.caption_channels,
@@ -223,6 +229,18 @@ def main(argv=None) -> int:
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     print(f"done: {step} steps in {time.time() - start:.0f} s -> {out / 'model.safetensors'}")
     return 0
+
+
+def _init_from(path: str, model, ema) -> int:
+    """Load weights into both the trained model and its EMA; return the step count stored with them."""
+    from safetensors import safe_open
+
+    from runtime.checkpoint import load_checkpoint
+
+    load_checkpoint(model, path)
+    ema.load_state_dict(model.state_dict())
+    with safe_open(path, framework="pt") as f:
+        return int((f.metadata() or {}).get("steps", 0))
 
 
 def _wake_plucker(model, ema, seed: int) -> None:

@@ -25,6 +25,7 @@ from quant import (
     default_policy,
     dequantize_fp8,
     dequantize_nvfp4,
+    gemm,
     load_quantized_state_dict,
     quantize,
     quantize_fp8,
@@ -32,6 +33,7 @@ from quant import (
     quantize_state_dict,
     quantized_modules,
 )
+from quant.fp8 import quantize_fp8_per_row
 from quant.gemm import fp8_linear, fp8_linear_ref, fp8_linear_scaled_mm, nvfp4_linear, nvfp4_linear_ref
 from quant.nvfp4 import e2m1_decode, e2m1_encode, pack_e2m1, unpack_e2m1
 
@@ -617,8 +619,24 @@ def test_fp8_scaled_mm_matches_reference_on_cpu():
     assert y.shape == (2, 7, 48) and rel_rms(y.float(), ref.float()) < SCALED_MM_REL_RMS
 
 
+def test_fp8_per_row_activation_scales():
+    """Dynamic FP8 activations get one scale per token: a loud token does not flatten the quiet ones."""
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(6))
+    x[1] *= 1e5
+    x[2] = 0.0
+    q, scale = quantize_fp8_per_row(x)
+    assert scale.shape == (4, 1) and scale[2, 0] == 1.0
+    assert torch.equal(q.float().abs().amax(-1)[[0, 1, 3]], torch.full((3,), 448.0))
+    assert rel_rms(q.float() * scale, x) < 0.05
+    w = quantize_fp8(torch.randn(16, 64, generator=torch.Generator().manual_seed(7)))
+    y = fp8_linear_ref(x, w.weight, w.weight_scale)
+    exact = x @ w.dequantize().t()
+    assert rel_rms(y[0], exact[0]) < 0.05          # the quiet row keeps its resolution next to the loud one
+    static = fp8_linear_ref(x, w.weight, w.weight_scale, input_scale=torch.tensor(x.abs().max() / 448))
+    assert rel_rms(static[0], exact[0]) > 0.2      # one per-tensor scale would flatten it
+
+
 def _run_interpreter_checks():
-    from quant import gemm
 
     cfg = {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 32, "GROUP_M": 2}
     for m, n, k, bias in GEMM_SHAPES:
@@ -628,6 +646,14 @@ def _run_interpreter_checks():
         ref = nvfp4_linear_ref(x, *q, b)
         assert not torch.isnan(y).any(), (m, n, k)
         assert rel_rms(y, ref) < INTERPRETER_REL_RMS, (m, n, k, rel_rms(y, ref))
+    # One-pass dequantization: bit-identical to the PyTorch decode (fp32 here: the interpreter rounds bf16 stores
+    # by truncation, so the bf16 output is checked on the GPU).
+    for n, k in [(1, 16), (33, 48), (70, 160), (5, 272)]:
+        w = torch.randn(n, k, generator=torch.Generator().manual_seed(n)) * 0.05
+        w[0, :16] = 0.0                                              # an all-zero block (scale 0)
+        q = quantize_nvfp4(w)
+        out = torch.full((n, k), float("nan"))
+        assert torch.equal(gemm.nvfp4_dequant_triton(*q, torch.float32, out=out), dequantize_nvfp4(*q)), (n, k)
     # Leading batch dims and a non-contiguous activation view.
     x, q, b = _nvfp4_problem(12, 24, 64, True)
     xt = x.reshape(3, 4, 64).transpose(0, 1)
@@ -671,7 +697,38 @@ def test_gpu_nvfp4_triton_bf16(m, n, k, bias):
     assert not torch.isnan(y).any()
     same_precision = nvfp4_linear(x, *q, b, backend="dequant")  # bf16 weights, cuBLAS
     assert rel_rms(y.float(), ref) <= BF16_KERNEL_SLACK * rel_rms(same_precision.float(), ref) + 1e-6
-    assert torch.equal(nvfp4_linear(x, *q, b), y)  # dispatch picks the same kernel and config
+    # Dispatch: the fused kernel (same config) below NVFP4_DEQUANT_MIN_M rows, dequant + cuBLAS from there up.
+    picked = y if m < gemm.NVFP4_DEQUANT_MIN_M else same_precision
+    assert torch.equal(nvfp4_linear(x, *q, b), picked)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("n,k", [(16, 16), (33, 48), (6720, 2240), (2240, 6720), (13440, 2240), (20, 2256)])
+def test_gpu_nvfp4_dequant_bit_exact(n, k):
+    pytest.importorskip("triton")
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(n + k)) * 0.05
+    w[0, :16] = 0.0
+    w[-1, -16:] *= 1e-30                                             # subnormal E4M3 block scales
+    q = type(quantize_nvfp4(w))(*(t.cuda() for t in quantize_nvfp4(w)))
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        out = torch.full((n, k), float("nan"), dtype=dtype, device="cuda")
+        assert torch.equal(gemm.nvfp4_dequant_triton(*q, dtype, out=out), dequantize_nvfp4(*q, dtype)), dtype
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("m,k", [(1, 16), (7, 100), (2640, 2240), (300, 6720), (33, 13440)])
+def test_gpu_fp8_quantize_rows_bit_exact(m, k):
+    pytest.importorskip("triton")
+    x = (torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 3).bfloat16().cuda()
+    x[0] = 0                                                         # an all-zero row gets scale 1
+    if m > 2:
+        x[1, 0] = 1e4                                                # an outlier row keeps its own scale
+    q, scale = gemm.fp8_quantize_rows_triton(x)
+    ref_q, ref_scale = quantize_fp8_per_row(x)
+    assert torch.equal(scale, ref_scale)
+    assert torch.equal(q.view(torch.uint8), ref_q.view(torch.uint8))
 
 
 @pytest.mark.gpu
