@@ -408,7 +408,9 @@ def nvfp4_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tens
         else:
             backend = "dequant" if x.numel() // max(x.shape[-1], 1) >= NVFP4_DEQUANT_MIN_M else "triton"
     if backend in ("triton", "sm100", "dequant") and x.is_cuda and HAS_TRITON:
-        return _nvfp4_linear_op(x, weight, weight_scale, weight_scale_2, bias, backend)
+        if torch.compiler.is_compiling():  # the custom op costs tens of microseconds a call in eager mode
+            return _nvfp4_linear_op(x, weight, weight_scale, weight_scale_2, bias, backend)
+        return _NVFP4_KERNELS[backend](x.contiguous(), weight, weight_scale, weight_scale_2, bias)
     if backend == "triton":
         return nvfp4_linear_triton(x, weight, weight_scale, weight_scale_2, bias)
     if backend == "sm100":
@@ -460,7 +462,12 @@ def fp8_linear_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: to
         xq, sx = quantize_fp8_per_tensor(x2, input_scale)
     else:
         # Per-token scales: one fused pass on CUDA, and row-wise _scaled_mm takes the weight scale per column.
-        xq, sx = _fp8_quantize_rows_op(x2) if x2.is_cuda and HAS_TRITON else quantize_fp8_per_row(x2)
+        if not (x2.is_cuda and HAS_TRITON):
+            xq, sx = quantize_fp8_per_row(x2)
+        elif torch.compiler.is_compiling():
+            xq, sx = _fp8_quantize_rows_op(x2)
+        else:
+            xq, sx = fp8_quantize_rows_triton(x2)
         w_scale = w_scale.expand(1, n).contiguous()
     y = torch._scaled_mm(xq, weight.t(), sx, w_scale, bias=None if bias is None else bias.to(x.dtype),
                          out_dtype=x.dtype)

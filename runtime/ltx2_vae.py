@@ -303,7 +303,14 @@ def _check_snapshot(snap: object, ae: LTX2Autoencoder, kind: str) -> None:
 def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:
     """Decoder output [1, 3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3] on the CPU ((x + 1) * 127.5, rounded)."""
     x = ((video[0].float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-    return x.permute(1, 2, 3, 0).contiguous().cpu()
+    x = x.permute(1, 2, 3, 0).contiguous()
+    if not x.is_cuda:
+        return x
+    # Into page-locked memory (torch's caching host allocator reuses it): a pageable copy of a 720p chunk (65 MB)
+    # took 51 ms on an H200 machine, about 20x the pinned rate.
+    host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
+    host.copy_(x)
+    return host
 
 
 # Streaming patches ---------------------------------------------------------------------------------------------
