@@ -115,7 +115,7 @@ def model_weight_bytes(cfg, policy: QuantPolicy) -> dict:
     layers = 0
     for key, shape in shapes.items():
         name = key.rpartition(".")[0]
-        linear_like = len(shape) == 2 or (len(shape) == 4 and shape[2:] == (1, 1))
+        linear_like = len(shape) == 2 or (len(shape) == 4 and shape[3] == 1)   # linear, 1x1 or (k, 1) conv
         if key.endswith(".weight") and linear_like and policy.selects(name):
             n, k = shape[0], math.prod(shape[1:])
             layers += 1
@@ -137,10 +137,11 @@ def model_weight_bytes(cfg, policy: QuantPolicy) -> dict:
 def print_bytes_table(rows: list[dict]) -> None:
     print(f"\nSANA-WM Stage-1 DiT weights ({rows[0]['total_params'] / 1e9:.4f} B parameters; "
           f"all-bf16 {rows[0]['all_bf16_bytes'] / 1e9:.3f} GB)")
-    print(f"{'format':<10} {'layers':>6} {'quant params':>13} {'quant GB':>9} {'bf16 rest GB':>13} "
+    print(f"{'scope':<9} {'format':<10} {'layers':>6} {'quant params':>13} {'quant GB':>9} {'bf16 rest GB':>13} "
           f"{'total GB':>9} {'vs bf16':>8}")
     for r in rows:
-        print(f"{r['format']:<10} {r['quantized_layers']:>6} {r['quantized_params'] / 1e9:>12.4f}B "
+        print(f"{r.get('scope', 'official'):<9} {r['format']:<10} {r['quantized_layers']:>6} "
+              f"{r['quantized_params'] / 1e9:>12.4f}B "
               f"{r['quantized_bytes'] / 1e9:>9.3f} {r['bf16_bytes'] / 1e9:>13.3f} {r['total_bytes'] / 1e9:>9.3f} "
               f"{r['ratio_vs_bf16']:>8.3f}")
 
@@ -239,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.config import load_config
 
     cfg = load_config(args.config)
-    bytes_rows = [model_weight_bytes(cfg, default_policy(f)) for f in ("nvfp4", "fp8", "fp8_block")]
+    bytes_rows = [model_weight_bytes(cfg, default_policy(f, scope)) | {"scope": scope}
+                  for scope in ("official", "compact") for f in ("nvfp4", "fp8", "fp8_block")]
     print_bytes_table(bytes_rows)
     record = {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
               "commit": _commit(), "model_config": cfg.name, "model_weight_bytes": bytes_rows}

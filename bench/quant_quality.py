@@ -3,8 +3,9 @@
     python -m bench.quant_quality --json out.json      # CPU is enough (the tiny model)
 
 The tiny-world model is loaded in bf16, walks a fixed key path from the shipped start image, then the same model
-is quantized with the project's policy (`quant.quantize`, official scope) and walks the same path with the same
-seed. Reported per format: mean / min frame PSNR against the bf16 frames, and how many linears were quantized.
+is quantized with the project's policy (`quant.quantize`, official scope, then the compact scope that also takes
+the camera / Plucker projections and the FFN temporal conv) and walks the same path with the same seed. Reported
+per format and scope: mean / min frame PSNR against the bf16 frames, and how many layers were quantized.
 The fp32 model is reported too, as the scale of "differences that do not matter".
 """
 from __future__ import annotations
@@ -47,7 +48,7 @@ def frame_psnr(frames: np.ndarray, ref: np.ndarray) -> dict:
 def run(chunks: int = 3, seed: int = 0) -> dict:
     from dataclasses import replace
 
-    from quant import quantize
+    from quant import default_policy, quantize
     from quant.quantize import quantized_modules
     from runtime.pipeline import load_generator
 
@@ -56,10 +57,11 @@ def run(chunks: int = 3, seed: int = 0) -> dict:
     results = {}
     fp32 = load_generator("tiny-world", dtype=torch.float32)
     results["fp32"] = frame_psnr(walk_frames(fp32, WALK, chunks, seed), ref)
-    for fmt in ("fp8", "nvfp4"):
-        net = quantize(copy.deepcopy(base.model), fmt)
+    for fmt, scope in (("fp8", "official"), ("nvfp4", "official"), ("fp8", "compact"), ("nvfp4", "compact")):
+        net = quantize(copy.deepcopy(base.model), default_policy(fmt, scope))
         frames = walk_frames(replace(base, model=net), WALK, chunks, seed)
-        results[fmt] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(net))}
+        key = fmt if scope == "official" else f"{fmt}_{scope}"
+        results[key] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(net))}
     return {"bench": "quant_quality", "date": datetime.date.today().isoformat(), "commit": git_commit(),
             "device": platform.processor() or platform.machine(), "torch": torch.__version__, "model": "tiny-world",
             "walk": WALK, "chunks": chunks, "frames": len(ref), "reference": "bf16", "results": results}

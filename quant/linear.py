@@ -1,9 +1,9 @@
-"""Quantized drop-in modules for nn.Linear and 1x1 nn.Conv2d.
+"""Quantized drop-in modules for nn.Linear, 1x1 nn.Conv2d and (k, 1) temporal nn.Conv2d.
 
 Each holds its weight in the checkpoint layout under the checkpoint names (`weight`, `weight_scale`,
 `weight_scale_2`, optional `input_scale`, `bias`), so `state_dict()` of a quantized model is the saved quantized
 layout and `load_state_dict` of that layout needs no conversion. The weight of a 1x1 conv is stored 2-D
-([out, in] before packing), like a linear's.
+([out, in] before packing), like a linear's; a (k, 1) conv's as [out, in * k].
 
 Module.to(dtype) / .half() / .bfloat16() cast every floating buffer; the fp8 block scales and the fp32 tensor
 scale are part of the format, so these modules let such calls move them between devices but never change their
@@ -12,10 +12,11 @@ dtype. The bias follows the model's dtype like any parameter.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from quant.fp8 import dequantize_fp8, infer_block_size, quantize_fp8
-from quant.gemm import fp8_linear, nvfp4_linear
+from quant.gemm import HAS_TRITON, fp8_linear, nvfp4_dequant_triton, nvfp4_linear
 from quant.nvfp4 import BLOCK_SIZE, NVFP4Tensor, dequantize_nvfp4, quantize_nvfp4
 
 _SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -121,6 +122,8 @@ class NVFP4Linear(QuantLinear):
         return NVFP4Tensor(self.weight, self.weight_scale, self.weight_scale_2)
 
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        if self.weight.is_cuda and HAS_TRITON:   # one pass, the same bits
+            return nvfp4_dequant_triton(self.weight, self.weight_scale, self.weight_scale_2, dtype)
         return dequantize_nvfp4(self.weight, self.weight_scale, self.weight_scale_2, dtype)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
@@ -227,6 +230,50 @@ class NVFP4Conv1x1(_Conv1x1, NVFP4Linear):
 
 class FP8Conv1x1(_Conv1x1, FP8Linear):
     """1x1 nn.Conv2d with an FP8 weight; state-dict layout identical to FP8Linear."""
+
+
+class _TemporalConv:
+    """Conv2d with a (k, 1) kernel (the FFN's temporal mix over frames) holding a quantized weight, stored 2-D as
+    [out, in * k] (the conv weight flattened, as ModelOpt stores conv weights). The model reads the dequantized
+    kernel through `conv_weight`; `forward` is the plain convolution."""
+
+    taps: int = 1
+    """k, the kernel height (frames)."""
+    pad: int = 0
+    """Zero padding along the frame axis."""
+
+    def configure(self, conv: nn.Conv2d):
+        """Copy the kernel height and padding of the float conv this module replaces; returns self."""
+        self.taps, self.pad = conv.kernel_size[0], conv.padding[0]
+        if self.in_features != conv.in_channels * self.taps or self.out_features != conv.out_channels:
+            raise ValueError(f"{type(self).__name__}: weight [{self.out_features}, {self.in_features}] does not "
+                             f"fit a Conv2d {conv.in_channels} -> {conv.out_channels} with kernel {conv.kernel_size}")
+        return self
+
+    def conv_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The dequantized kernel [out, in, k, 1]."""
+        w = self.dequantize_weight(dtype)
+        return w.view(self.out_features, self.in_features // self.taps, self.taps, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, in, H, W] -> [B, out, H, W] (nn.Conv2d semantics)."""
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        return F.conv2d(x, self.conv_weight(x.dtype), bias, padding=(self.pad, 0))
+
+
+class NVFP4TemporalConv(_TemporalConv, NVFP4Linear):
+    """(k, 1) nn.Conv2d with an NVFP4 weight; state-dict layout identical to NVFP4Linear with in = in_ch * k."""
+
+
+class FP8TemporalConv(_TemporalConv, FP8Linear):
+    """(k, 1) nn.Conv2d with an FP8 weight; state-dict layout identical to FP8Linear with in = in_ch * k."""
+
+
+def is_temporal_conv(module: nn.Module) -> bool:
+    """A Conv2d whose kernel spans k > 1 frames and one pixel (stride 1, zero padding along frames only)."""
+    return (isinstance(module, nn.Conv2d) and isinstance(module.padding, tuple) and module.kernel_size[0] > 1
+            and module.kernel_size[1] == 1 and module.padding[1] == 0 and tuple(module.stride) == (1, 1)
+            and tuple(module.dilation) == (1, 1) and module.groups == 1 and module.padding_mode == "zeros")
 
 
 def is_conv1x1(module: nn.Module) -> bool:

@@ -46,6 +46,21 @@ DEFAULT_EXCLUDE = (
 )
 
 
+COMPACT_INCLUDE = DEFAULT_INCLUDE + (
+    "blocks.*.attn.q_proj_cam",
+    "blocks.*.attn.k_proj_cam",
+    "blocks.*.attn.v_proj_cam",
+    "blocks.*.attn.out_proj_cam",
+    "blocks.*.plucker_proj",
+    "blocks.*.mlp.t_conv",
+)
+COMPACT_EXCLUDE = tuple(p for p in DEFAULT_EXCLUDE if p not in ("*_proj_cam", "*plucker_proj*", "*.t_conv*"))
+SCOPES = {"official": (DEFAULT_INCLUDE, DEFAULT_EXCLUDE), "compact": (COMPACT_INCLUDE, COMPACT_EXCLUDE)}
+"""official: the release's scope (camera projections, Plucker projections and the FFN temporal conv stay bf16);
+compact: those too (the full 2.6B model then takes 1.57 GB in NVFP4 instead of 2.72 GB), at a measured cost in
+quality (docs/quantization.md). Embedders, norms, the final layer and the GDN short convs stay bf16 in both."""
+
+
 class PolicyError(ValueError):
     """A quantization policy is invalid; the message names the field."""
 
@@ -120,9 +135,12 @@ class QuantPolicy:
         return cls.from_dict(data, source=str(path))
 
 
-def default_policy(format: str = "nvfp4") -> QuantPolicy:
-    """The official scope with the given weight format."""
-    return QuantPolicy(format=format)
+def default_policy(format: str = "nvfp4", scope: str = "official") -> QuantPolicy:
+    """The given weight format over one of the named SCOPES (default: the official one)."""
+    if scope not in SCOPES:
+        raise PolicyError(f"scope: expected one of {', '.join(SCOPES)}, got {scope!r}")
+    include, exclude = SCOPES[scope]
+    return QuantPolicy(format=format, include=include, exclude=exclude)
 
 
 def as_policy(config: QuantPolicy | dict | str | Path) -> QuantPolicy:

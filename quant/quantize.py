@@ -19,15 +19,27 @@ import torch
 from torch import nn
 
 from quant.fp8 import quantize_fp8
-from quant.linear import FP8Conv1x1, FP8Linear, NVFP4Conv1x1, NVFP4Linear, QuantLinear, is_conv1x1
+from quant.linear import (
+    FP8Conv1x1,
+    FP8Linear,
+    FP8TemporalConv,
+    NVFP4Conv1x1,
+    NVFP4Linear,
+    NVFP4TemporalConv,
+    QuantLinear,
+    is_conv1x1,
+    is_temporal_conv,
+)
 from quant.nvfp4 import quantize_nvfp4
 from quant.policy import PolicyError, QuantPolicy, as_policy
 
 _MODULE_CLASSES = {
-    ("nvfp4", False): NVFP4Linear,
-    ("nvfp4", True): NVFP4Conv1x1,
-    ("fp8", False): FP8Linear,
-    ("fp8", True): FP8Conv1x1,
+    ("nvfp4", "linear"): NVFP4Linear,
+    ("nvfp4", "conv1x1"): NVFP4Conv1x1,
+    ("nvfp4", "temporal_conv"): NVFP4TemporalConv,
+    ("fp8", "linear"): FP8Linear,
+    ("fp8", "conv1x1"): FP8Conv1x1,
+    ("fp8", "temporal_conv"): FP8TemporalConv,
 }
 
 
@@ -37,24 +49,27 @@ def _format_family(policy: QuantPolicy) -> tuple[str, int | None]:
     return "fp8", (policy.block_size if policy.format == "fp8_block" else None)
 
 
-def _kind(name: str, module: nn.Module) -> bool | None:
-    """False for a linear, True for a 1x1 conv, None for modules the policy never touches. Raises for a conv
-    with a spatial kernel (or stride / groups) that the policy selected: that is a policy bug, not a skip."""
+def _kind(name: str, module: nn.Module) -> str | None:
+    """"linear", "conv1x1" or "temporal_conv" ((k, 1) kernel), None for modules the policy never touches. Raises
+    for another conv the policy selected (spatial kernel, stride, groups): that is a policy bug, not a skip."""
     if isinstance(module, QuantLinear):
         return None
     if isinstance(module, nn.Linear):
-        return False
+        return "linear"
     if isinstance(module, nn.modules.conv._ConvNd):
         if is_conv1x1(module):
-            return True
+            return "conv1x1"
+        if is_temporal_conv(module):
+            return "temporal_conv"
         raise PolicyError(f"{name}: selected by the quantization policy but it is a {type(module).__name__} with "
                           f"kernel {tuple(module.kernel_size)}, stride {tuple(module.stride)}, groups "
-                          f"{module.groups}; only linears and 1x1 Conv2d can be quantized (add it to exclude)")
+                          f"{module.groups}; only linears, 1x1 and (k, 1) Conv2d can be quantized (add it to "
+                          "exclude)")
     return None
 
 
-def select_modules(model: nn.Module, config) -> list[tuple[str, nn.Module, bool]]:
-    """(name, module, is_conv1x1) for every module `config` would quantize, in model order."""
+def select_modules(model: nn.Module, config) -> list[tuple[str, nn.Module, str]]:
+    """(name, module, kind) for every module `config` would quantize, in model order (kind: see _kind)."""
     policy = as_policy(config)
     out = []
     for name, module in model.named_modules():
@@ -89,13 +104,15 @@ def quantize(model: nn.Module, config: QuantPolicy | dict | str | Path, *, allow
     family, block_size = _format_family(policy)
     targets = select_modules(model, policy)
     if not targets and not allow_empty:
-        raise PolicyError(f"quantize: the policy selected no nn.Linear / 1x1 nn.Conv2d (include={policy.include})")
-    for name, module, conv in targets:
-        cls = _MODULE_CLASSES[family, conv]
+        raise PolicyError(f"quantize: the policy selected no nn.Linear / nn.Conv2d (include={policy.include})")
+    for name, module, kind in targets:
+        cls = _MODULE_CLASSES[family, kind]
         if family == "nvfp4":
             new = cls.from_float(module, name=name)
         else:
             new = cls.from_float(module, block_size=block_size, name=name)
+        if kind == "temporal_conv":
+            new.configure(module)
         _replace(model, name, new)
     return model
 
@@ -111,8 +128,8 @@ def quantize_state_dict(state_dict: dict[str, torch.Tensor], config: QuantPolicy
     """Quantize a checkpoint's in-scope weights; other entries are passed through untouched.
 
     A `<name>.weight` is quantized when the policy selects `<name>` and the tensor is floating point with shape
-    [out, in] (linear) or [out, in, 1, 1] (1x1 conv). Selected 1-D tensors (norm weights) are left alone; other
-    selected shapes (spatial convs) raise PolicyError.
+    [out, in] (linear), [out, in, 1, 1] (1x1 conv) or [out, in, k, 1] (temporal conv, stored as [out, in * k]).
+    Selected 1-D tensors (norm weights) are left alone; other selected shapes (spatial convs) raise PolicyError.
 
     Returns:
         a new dict, same key order, with `<name>.weight_scale` (and `.weight_scale_2` for NVFP4) inserted after
@@ -126,9 +143,9 @@ def quantize_state_dict(state_dict: dict[str, torch.Tensor], config: QuantPolicy
         if name is None or not policy.selects(name) or not t.is_floating_point() or t.ndim < 2:
             out[key] = t
             continue
-        if not (t.ndim == 2 or (t.ndim == 4 and tuple(t.shape[2:]) == (1, 1))):
+        if not (t.ndim == 2 or (t.ndim == 4 and t.shape[3] == 1)):
             raise PolicyError(f"{name}: selected by the quantization policy but its weight has shape "
-                              f"{tuple(t.shape)}, not a linear [out, in] or 1x1 conv [out, in, 1, 1]")
+                              f"{tuple(t.shape)}, not a linear [out, in] or a conv [out, in, k, 1]")
         w = t.reshape(t.shape[0], -1)
         if family == "nvfp4":
             q = quantize_nvfp4(w, name=key)
@@ -167,9 +184,11 @@ def load_quantized_state_dict(model: nn.Module, state_dict: dict[str, torch.Tens
         if not name or f"{name}.weight_scale" not in state_dict or isinstance(module, QuantLinear):
             continue
         if isinstance(module, nn.Linear):
-            conv, in_f, out_f = False, module.in_features, module.out_features
+            kind, in_f, out_f = "linear", module.in_features, module.out_features
         elif is_conv1x1(module):
-            conv, in_f, out_f = True, module.in_channels, module.out_channels
+            kind, in_f, out_f = "conv1x1", module.in_channels, module.out_channels
+        elif is_temporal_conv(module):
+            kind, in_f, out_f = "temporal_conv", module.in_channels * module.kernel_size[0], module.out_channels
         else:
             raise ValueError(f"{name}: the checkpoint holds a quantized weight but the model's module is a "
                              f"{type(module).__name__}, which cannot take one")
@@ -186,11 +205,11 @@ def load_quantized_state_dict(model: nn.Module, state_dict: dict[str, torch.Tens
         if weight.dtype == torch.uint8:
             if f"{name}.weight_scale_2" not in state_dict:
                 raise ValueError(f"{name}: NVFP4 weight without {name}.weight_scale_2")
-            new = _MODULE_CLASSES["nvfp4", conv].from_tensors(
+            new = _MODULE_CLASSES["nvfp4", kind].from_tensors(
                 weight, state_dict[f"{name}.weight_scale"], state_dict[f"{name}.weight_scale_2"], bias,
                 input_scale, name=name)
         elif weight.dtype == torch.float8_e4m3fn:
-            new = _MODULE_CLASSES["fp8", conv].from_tensors(
+            new = _MODULE_CLASSES["fp8", kind].from_tensors(
                 weight, state_dict[f"{name}.weight_scale"], bias, input_scale, block_size, name=name)
         else:
             raise ValueError(f"{name}: {name}.weight_scale is present but {name}.weight has dtype {weight.dtype} "
@@ -198,6 +217,8 @@ def load_quantized_state_dict(model: nn.Module, state_dict: dict[str, torch.Tens
         if (new.out_features, new.in_features) != (out_f, in_f):
             raise ValueError(f"{name}: checkpoint weight is [{new.out_features}, {new.in_features}] but the model's "
                              f"{type(module).__name__} is [{out_f}, {in_f}]")
+        if kind == "temporal_conv":
+            new.configure(module)
         if not assign:
             device, bias_dtype = _module_device_dtype(module)
             if device.type != "meta":

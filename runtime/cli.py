@@ -139,20 +139,22 @@ def cmd_eval(args) -> int:
 def cmd_quantize(args) -> int:
     from safetensors.torch import save_file
 
-    from quant import quantize_state_dict
+    from quant import default_policy, quantize_state_dict
     from runtime.checkpoint import iter_checkpoint
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise UsageError(f"--out must name a .safetensors file, got {args.out!r}")
     state = dict(iter_checkpoint(args.input))
-    q = quantize_state_dict(state, args.format)
+    q = quantize_state_dict(state, default_policy(args.format, args.scope))
     n_q = sum(1 for k in q if k.endswith(".weight_scale"))
     if n_q == 0:
-        raise UsageError(f"{args.input}: the {args.format} policy selects no layer of this checkpoint")
+        raise UsageError(f"{args.input}: the {args.format} policy ({args.scope} scope) selects no layer of this "
+                         "checkpoint")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".safetensors.tmp")
-    save_file({k: v.contiguous() for k, v in q.items()}, str(tmp), metadata={"quantization": args.format})
+    save_file({k: v.contiguous() for k, v in q.items()}, str(tmp),
+              metadata={"quantization": args.format, "quantization_scope": args.scope})
     tmp.replace(out)
     size = lambda d: sum(t.numel() * t.element_size() for t in d.values())
     print(f"wrote {out}: {n_q} layers in {args.format}, {size(state) / 1e6:.1f} MB -> {size(q) / 1e6:.1f} MB")
@@ -344,6 +346,9 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--in", dest="input", required=True, help="checkpoint (.safetensors / .pt)")
     qz.add_argument("--out", required=True, help="output .safetensors")
     qz.add_argument("--format", default="nvfp4", choices=["nvfp4", "fp8", "fp8_block"])
+    qz.add_argument("--scope", default="official", choices=["official", "compact"],
+                    help="official: the release's layers; compact: also the camera / Plucker projections and the "
+                         "FFN temporal conv (smaller, less accurate; docs/quantization.md)")
     qz.set_defaults(func=cmd_quantize)
 
     b = sub.add_parser("bench", help="streaming speed with random weights (GPU)")

@@ -327,8 +327,12 @@ class _ExportQuantLinear(nn.Module):
 @contextlib.contextmanager
 def _quant_placeholders(model: nn.Module):
     """Swap every quantized module for its placeholder; yields {name: placeholder}; restores the model."""
-    from quant.linear import QuantLinear, _Conv1x1
+    from quant.linear import QuantLinear, _Conv1x1, _TemporalConv
 
+    temporal = [name for name, module in model.named_modules() if isinstance(module, _TemporalConv)]
+    if temporal:
+        raise ValueError(f"{temporal[0]}: quantized temporal convs (the 'compact' quantization scope) have no ONNX "
+                         "export; export with the official scope")
     swapped = {}
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantLinear):

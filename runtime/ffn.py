@@ -51,7 +51,7 @@ class GLUMBConvTemp(nn.Module):
         return y + self.temporal_mix(y, chunks, left_frame, cache_out)
 
     def temporal_mix(self, y: Tensor, chunks, left_frame, cache_out) -> Tensor:
-        w = self.t_conv.weight[..., 0]                              # [C_out, C_in, 3]
+        w = _conv_weight(self.t_conv, y.dtype)[..., 0]              # [C_out, C_in, 3]
         prev = torch.zeros_like(y)
         nxt = torch.zeros_like(y)
         prev[:, 1:] = y[:, :-1]
@@ -63,3 +63,8 @@ class GLUMBConvTemp(nn.Module):
         if cache_out is not None:
             cache_out.copy_(y[:, -1])
         return prev @ w[:, :, 0].T + y @ w[:, :, 1].T + nxt @ w[:, :, 2].T
+
+
+def _conv_weight(conv: nn.Module, dtype: torch.dtype) -> Tensor:
+    """A conv's kernel; quantized temporal convs (quant.linear) hold it packed and decode it here."""
+    return conv.conv_weight(dtype) if hasattr(conv, "conv_weight") else conv.weight

@@ -5,6 +5,7 @@ NVFP4 packer against the format's owner.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import subprocess
@@ -14,12 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from quant import (
     FP8Linear,
+    FP8TemporalConv,
     NVFP4Conv1x1,
     NVFP4Linear,
+    NVFP4TemporalConv,
     PolicyError,
     QuantPolicy,
     default_policy,
@@ -559,6 +563,73 @@ def test_safetensors_round_trip(tmp_path, fmt):
     same = quantize(_tiny(seed=9).bfloat16(), policy)
     same.load_state_dict(loaded)
     assert torch.equal(same(x), y)
+
+
+@pytest.mark.parametrize("fmt", ["nvfp4", "fp8_block"])  # weight-only formats: the decoded model is exact
+def test_compact_scope_quantizes_camera_and_temporal_conv(fmt):
+    """The compact scope also quantizes the camera / Plucker projections and the FFN's (3, 1) temporal conv, and
+    the model really computes with the quantized kernels (equal to a float model holding their decoded values)."""
+    from runtime.model import build_model
+
+    def tiny_world(seed):
+        net = build_model("tiny-world", device="cpu", dtype=torch.float32, init="random", seed=seed)
+        for blk in net.blocks:                                       # the official init zeroes these
+            nn.init.normal_(blk.mlp.t_conv.weight, std=0.05, generator=torch.Generator().manual_seed(seed))
+            nn.init.normal_(blk.plucker_proj.weight, std=0.05)
+        return net
+
+    base = tiny_world(0)
+    policy = default_policy(fmt, "compact")
+    model = quantize(copy.deepcopy(base), policy)
+    names = set(quantized_modules(model))
+    for i in range(len(base.blocks)):
+        for n in ("attn.q_proj_cam", "attn.out_proj_cam", "plucker_proj", "mlp.t_conv", "attn.qkv"):
+            assert f"blocks.{i}.{n}" in names
+    assert "blocks.0.mlp.depth_conv.conv" not in names and "t_block.1" not in names
+    tconv = model.blocks[0].mlp.t_conv
+    assert isinstance(tconv, NVFP4TemporalConv if fmt == "nvfp4" else FP8TemporalConv)
+    x = torch.randn(1, 128, 4, 6)
+    assert torch.allclose(tconv(x), F.conv2d(x, tconv.conv_weight(), padding=(1, 0)), atol=1e-5)
+
+    # The float model with every quantized weight replaced by its decoded value gives the same output.
+    decoded = copy.deepcopy(base)
+    with torch.no_grad():
+        for name, q in quantized_modules(model).items():
+            target = decoded.get_submodule(name)
+            target.weight.copy_(q.dequantize_weight().view(target.weight.shape))
+    with torch.no_grad():
+        inputs = _tiny_world_inputs(base)
+        y_q, y_ref, y_float = model(*inputs), decoded(*inputs), base(*inputs)
+    assert torch.allclose(y_q, y_ref, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(y_q, y_float, rtol=1e-4, atol=1e-4)   # quantization did change the numbers
+
+    # Checkpoint layout: same as quantize_state_dict, and a fresh model loads it back.
+    sd = quantize_state_dict(base.state_dict(), policy)
+    assert_same_state(model.state_dict(), sd)
+    assert sd["blocks.0.mlp.t_conv.weight"].shape[0] == 128 and sd["blocks.0.mlp.t_conv.weight"].ndim == 2
+    fresh = load_quantized_state_dict(tiny_world(5), sd)
+    with torch.no_grad():
+        assert torch.equal(fresh(*inputs), y_q)
+
+
+def _tiny_world_inputs(net):
+    from tests.model_inputs import random_inputs
+
+    x, ts, text, cam, plk = random_inputs(net, T=4, seed=3)
+    return x, ts, text, cam, plk
+
+
+def test_compact_scope_fits_the_full_model_under_2_gb():
+    from bench.quant import model_weight_bytes
+    from runtime.config import load_config
+
+    cfg = load_config("sana-wm-streaming")
+    official = model_weight_bytes(cfg, default_policy("nvfp4"))
+    compact = model_weight_bytes(cfg, default_policy("nvfp4", "compact"))
+    assert official["total_bytes"] > 2e9 > compact["total_bytes"]
+    assert compact["total_params"] == official["total_params"] > 2.6e9
+    with pytest.raises(PolicyError, match="scope"):
+        default_policy("nvfp4", "everything")
 
 
 def test_load_reports_missing_unexpected_and_shape_errors():
