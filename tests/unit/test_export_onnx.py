@@ -187,6 +187,17 @@ def test_one_frame_chunks_are_refused(model, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_compact_quantization_scope_is_refused_and_leaves_the_model_intact(model, tmp_path):
+    from quant import default_policy
+
+    q = quantize(copy.deepcopy(model), default_policy("nvfp4", "compact"))
+    before = {n: type(m) for n, m in q.named_modules()}
+    with pytest.raises(ValueError, match=r"mlp\.t_conv.*official scope"):
+        ex.export_chunk_graph(q, tmp_path / "x.onnx", T, False)
+    assert {n: type(m) for n, m in q.named_modules()} == before
+    assert not list(tmp_path.iterdir())
+
+
 def test_functional_step_without_sink_writes_partial_ring_slots():
     """What the graphs trace, in torch: without the sink the ring slots are sized for the longer first chunk and
     later chunks fill them partly (the official config keeps the sink; this layout is checked here only)."""

@@ -42,7 +42,7 @@ GRAPHS = ["denoise_t3", "cache_t3", "denoise_t2", "cache_t2"]
 POSES = actions_to_c2w("w-30,a-20,wd-40,none-300")
 IMAGE = "runtime/assets/start.png"
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
-FP8_REL = 1e-3   # an activation one fp32 ulp from an FP8 rounding boundary may round the other way
+FP8_ENGINE_VS_QUANT = 0.3   # engine-vs-torch FP8 error as a fraction of the FP8-vs-fp32 error (see the test)
 
 
 @pytest.fixture(scope="module")
@@ -180,9 +180,16 @@ def test_fp8_export_runs_like_the_fp8_torch_model(exported, tmp_path):
     text_kv = egen.model._prepare_text.__self__.get_submodule("blocks.0.cross_attn.kv_linear")
     assert isinstance(text_kv, FP8Linear) and float(text_kv.input_scale) == pytest.approx(
         scales["blocks.0.cross_attn.kv_linear"])
-    a, b = open_session(ref, IMAGE, "a road", seed=2), open_session(egen, IMAGE, "a road", seed=2)
+    # Against the unquantized model as the yardstick: the engine must reproduce the FP8 torch model far more
+    # closely than FP8 itself moves away from fp32. Exact agreement is not expected: an activation one fp32 ulp
+    # from an E4M3 rounding boundary may round the other way (ORT and torch sum in different orders), and on this
+    # 48-token model one such flip moves the latents by ~5e-3 (measured: 0 to 6.7e-3 per chunk, against 2.4e-2
+    # to 3.2e-2 for FP8 vs fp32).
+    f32 = load_generator(str(model_dir))
+    a, b, c = (open_session(g, IMAGE, "a road", seed=2) for g in (ref, egen, f32))
     for _ in range(3):
-        assert rel_err(b.step(b.next_poses(POSES)).latents, a.step(a.next_poses(POSES)).latents) < FP8_REL
+        torch_fp8, engine_fp8, fp32 = (s.step(s.next_poses(POSES)).latents for s in (a, b, c))
+        assert rel_err(engine_fp8, torch_fp8) < FP8_ENGINE_VS_QUANT * rel_err(torch_fp8, fp32)
 
 
 def test_cli_render_with_the_onnxruntime_backend(exported, tmp_path):
