@@ -37,18 +37,21 @@ def test_info_checkpoint(tmp_path, capsys):
     assert "blocks: 4 (3 GDN, 1 softmax: [3])" in out
 
 
-@pytest.mark.parametrize("fmt,floor_db", [("fp8", 20.0), ("nvfp4", 10.0)])
-def test_quantize_command_writes_a_loadable_checkpoint(tmp_path, capsys, fmt, floor_db):
+@pytest.mark.parametrize("fmt,scope,floor_db", [("fp8", "official", 20.0), ("nvfp4", "official", 10.0),
+                                                ("nvfp4", "compact", 10.0)])
+def test_quantize_command_writes_a_loadable_checkpoint(tmp_path, capsys, fmt, scope, floor_db):
     # Velocity SQNR of the whole random-weight model (error compounds over the blocks); frame PSNR of the
     # trained embedded model is measured in the model card.
 
     ref = build_model("tiny-world", init="random", seed=4)
     src = save_checkpoint(ref, tmp_path / "bf.safetensors")
     dst = tmp_path / f"{fmt}.safetensors"
-    assert main(["quantize", "--in", str(src), "--out", str(dst), "--format", fmt]) == 0
+    assert main(["quantize", "--in", str(src), "--out", str(dst), "--format", fmt, "--scope", scope]) == 0
     assert dst.stat().st_size < src.stat().st_size
     model = build_model("tiny-world", init="random", seed=99)
     load_checkpoint(model, dst)
+    # The compact scope also packs the FFN's temporal conv; the official one keeps it in high precision.
+    assert hasattr(model.blocks[0].mlp.t_conv, "weight_scale") == (scope == "compact")
     x, ts, text, cam, plk = random_inputs(ref, 4)
     with torch.no_grad():
         want = ref(x, ts, ref.prepare_text(*_text(ref)), cam, plk)
