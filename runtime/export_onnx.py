@@ -205,7 +205,7 @@ class _KVState:
 
 class ChunkStep(nn.Module):
     """One model pass over one chunk as a pure function: named inputs and state in, velocity (and, for the cache
-    pass, the new state) out. Mirrors `SanaWorldModel.forward` with a cache; tested against it."""
+    pass, the new state) out, through `SanaWorldModel.forward_in_context`; tested against the streaming forward."""
 
     def __init__(self, model: nn.Module, frames: int, write_cache: bool, batch: int = 1):
         super().__init__()
@@ -247,40 +247,34 @@ class ChunkStep(nn.Module):
         return tuple(out)
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
-        m, cfg = self.model, self.model.cfg
+        m = self.model
         named = dict(zip(self.input_names, inputs))
         x = named["x"]
-        B, _, T, h, w = x.shape
-        dtype = m.x_embedder.proj.weight.dtype
+        _, _, T, h, w = x.shape
         mask = None
         if "kv_valid" in named:
             # Unwritten cache tokens are masked out; the current chunk always sees itself.
             mask = torch.cat([named["kv_valid"], torch.ones(T * h * w, dtype=torch.bool, device=x.device)])[None]
         ctx = FrameContext(((0, T),), (h, w), (named["rope_cos"], named["rope_sin"]),
                            (named["cam_rope_cos"], named["cam_rope_sin"]), named["rays"], mask, self.write_cache)
-        tokens = m.x_embedder(x.to(dtype))
-        t_emb = m.t_embedder(named["timestep"])
-        t0 = m.t_block(t_emb).unflatten(-1, (6, cfg.hidden_size))
-        plucker_emb = m.plucker_embedder(named["plucker"].to(dtype))
-        new_state = {}
+        caches = []
         for i, blk in enumerate(m.blocks):
             def st(key, i=i):
                 return named.get(f"state.b{i}.{key}")
             if blk.is_softmax:
-                cache = _KVState(st("kv_sink"), st("kv_ring"), st("tconv").clone(), named.get("kv_write"))
+                caches.append(_KVState(st("kv_sink"), st("kv_ring"), st("tconv").clone(), named.get("kv_write")))
             else:
                 # Clones: the block writes its new state in place, exactly as it does into a StreamCache.
-                cache = GDNBlockCache(*(st(k).clone() for k in ("state", "z", "cam_state", "conv_k", "tconv")))
-            tokens = blk(tokens, t0, plucker_emb, (named["text_k"][i], named["text_v"][i]), named["text_bias"],
-                         ctx, cache)
-            for s in self.states:
-                if s.name.startswith(f"b{i}."):
-                    new_state[s.name] = getattr(cache, s.name.split(".", 1)[1].removeprefix("kv_"))
-        out = m.final_layer(tokens, t_emb)
-        v = out.permute(0, 3, 1, 2).reshape(B, cfg.in_channels, T, h, w)
+                caches.append(GDNBlockCache(*(st(k).clone() for k in ("state", "z", "cam_state", "conv_k", "tconv"))))
+        text_kv = [(named["text_k"][i], named["text_v"][i]) for i in range(len(m.blocks))]
+        v = m.forward_in_context(x, named["timestep"], named["plucker"], text_kv, named["text_bias"], ctx, caches)
         if not self.write_cache:
             return (v,)
-        return (v, *(new_state[s.name] for s in self.states))
+        new_state = []
+        for s in self.states:
+            block, key = s.name.split(".", 1)               # "b3.kv_sink": block 3's cache attribute "sink"
+            new_state.append(getattr(caches[int(block[1:])], key.removeprefix("kv_")))
+        return (v, *new_state)
 
 
 # ------------------------------------------------------------------------------------------------------------

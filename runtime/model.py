@@ -105,7 +105,7 @@ class SanaWorldModel(nn.Module):
             [B, Cin, T, h, w] velocity.
         """
         cfg = self.cfg
-        B, _, T, h, w = x.shape
+        _, _, T, h, w = x.shape
         if (h, w) != (cfg.latent_height, cfg.latent_width):
             raise ValueError(f"latent grid {h}x{w} does not match the config's "
                              f"{cfg.latent_height}x{cfg.latent_width}")
@@ -116,7 +116,6 @@ class SanaWorldModel(nn.Module):
             raise ValueError("write_cache needs a cache")
         if frame_offset is None:
             frame_offset = cache.frames_done if cache is not None else 0
-        dtype = self.x_embedder.proj.weight.dtype
 
         frames = positions if positions is not None else torch.arange(frame_offset, frame_offset + T, device=x.device)
         rope = rope_tables(cfg.rope_split, frames, h, w, cfg.rope_theta)
@@ -127,18 +126,29 @@ class SanaWorldModel(nn.Module):
             recent = cfg.kv_cache_chunks - 1 if cfg.sink else cfg.kv_cache_chunks
             mask = softmax_chunk_mask(chunks, h * w, cfg.sink, recent, x.device)
         ctx = FrameContext(chunks, (h, w), rope, cam_rope, rays, mask, write_cache)
-
-        tokens = self.x_embedder(x.to(dtype))                                  # [B, T, S, C]
-        t_emb = self.t_embedder(timestep)                                       # [B, T, C]
-        t0 = self.t_block(t_emb).unflatten(-1, (6, cfg.hidden_size))           # [B, T, 6, C]
-        plucker_emb = self.plucker_embedder(plucker.to(dtype))
-        for i, blk in enumerate(self.blocks):
-            tokens = blk(tokens, t0, plucker_emb, text.kv[i], text.bias, ctx,
-                         None if cache is None else cache.blocks[i])
-        out = self.final_layer(tokens, t_emb)                                  # [B, T, S, Cin]
+        caches = cache.blocks if cache is not None else [None] * len(self.blocks)
+        v = self.forward_in_context(x, timestep, plucker, text.kv, text.bias, ctx, caches)
         if write_cache:
             cache.advance(T)
-        return out.permute(0, 3, 1, 2).reshape(B, cfg.in_channels, T, h, w)
+        return v
+
+    def forward_in_context(self, x: Tensor, timestep: Tensor, plucker: Tensor, text_kv, text_bias, ctx,
+                           caches) -> Tensor:
+        """The network once the frame context (RoPE, rays, mask) is built: embedders, every block with its
+        cache (or None), final layer. Shared by `forward` and the ONNX export's pure-function step.
+
+        text_kv: per block (K, V) of the text; caches: per block cache objects the blocks read and update in
+        place. Returns the velocity [B, Cin, T, h, w]."""
+        B, _, T, h, w = x.shape
+        dtype = self.x_embedder.proj.weight.dtype
+        tokens = self.x_embedder(x.to(dtype))                                  # [B, T, S, C]
+        t_emb = self.t_embedder(timestep)                                       # [B, T, C]
+        t0 = self.t_block(t_emb).unflatten(-1, (6, self.cfg.hidden_size))      # [B, T, 6, C]
+        plucker_emb = self.plucker_embedder(plucker.to(dtype))
+        for blk, kv, block_cache in zip(self.blocks, text_kv, caches, strict=True):
+            tokens = blk(tokens, t0, plucker_emb, kv, text_bias, ctx, block_cache)
+        out = self.final_layer(tokens, t_emb)                                  # [B, T, S, Cin]
+        return out.permute(0, 3, 1, 2).reshape(B, self.cfg.in_channels, T, h, w)
 
 
 def compile_blocks(model: SanaWorldModel) -> SanaWorldModel:
