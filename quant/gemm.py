@@ -342,8 +342,7 @@ NVFP4_DEQUANT_MIN_M = 256
 dequantization costs O(N K), the GEMM O(M N K)); below it, the fused kernel reads 4-bit weights only. On an H200
 (bench/quant.py, docs/quantization.md) dequant + cuBLAS won at every M measured, 256 to 10560."""
 
-_NVFP4_KERNELS = {"triton": lambda *a: nvfp4_linear_triton(*a), "sm100": lambda *a: nvfp4_linear_sm100(*a),
-                  "dequant": lambda *a: nvfp4_linear_dequant(*a)}
+_NVFP4_KERNELS = {"triton": nvfp4_linear_triton, "sm100": nvfp4_linear_sm100, "dequant": nvfp4_linear_dequant}
 
 
 # Registered as a custom op so torch.compile / CUDA graphs see one opaque node with a shape-only fake.
