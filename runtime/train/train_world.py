@@ -107,7 +107,7 @@ def sample_timesteps(B: int, chunks, sampler_ts, args, gen: torch.Generator) -> 
 def lr_at(step: int, args) -> float:
     """Linear warm-up, constant, then (with --decay-steps) a cosine decay from --decay-start down to
     --lr-final * lr, held there after."""
-    warm = min(1.0, (step - getattr(args, "warmup_start", 0) + 1) / args.warmup)
+    warm = min(1.0, (step - args.warmup_start + 1) / args.warmup)
     if args.decay_steps <= 0 or step < args.decay_start:
         return args.lr * warm
     frac = min(1.0, (step - args.decay_start) / args.decay_steps)
@@ -141,6 +141,7 @@ def main(argv=None) -> int:
     p.add_argument("--state-dir", help="resumable state (default: OUT/train_state); files stay under 16 MB each")
     p.add_argument("--init-from", help="start from these weights (e.g. the shipped model.safetensors, whose step "
                    "count it takes) with a fresh optimizer and a new warm-up, when no resumable state exists")
+    p.set_defaults(warmup_start=0)   # the step the warm-up counts from (set by --init-from)
     args = p.parse_args(argv)
 
     # The Triton kernels are inference-only (no backward): train through the PyTorch references.
