@@ -5,7 +5,8 @@ Metrics:
   first 2 s, next to the "repeat the first frame" baseline;
 - camera following: on every turning segment of the commanded path (yaw rate above a threshold for at least
   half a second) the horizontal image motion estimated from the generated frames (phase correlation between
-  consecutive frames) must have the sign the commanded yaw implies (turning right moves content left);
+  consecutive frames) must have the sign the commanded yaw implies (turning right moves content left); the same
+  estimate on the rendered truth checks the estimator and gives the ratio of the model's motion to the truth's;
 - stability over a long walk: per-chunk frame statistics stay in range (no collapse to flat or saturated).
 """
 from __future__ import annotations
@@ -155,15 +156,24 @@ def evaluate(gen, cfg: EvalConfig, progress: bool = True) -> dict:
         c2w = clip["c2w"].numpy().astype(np.float64)
         for s, e, sign in turning_segments(c2w, math.radians(0.25), fps // 2):
             shift = sum(horizontal_shift(out[k], out[k + 1]) for k in range(s, e))
+            # The same estimate on the rendered truth: checks the estimator, and scales the model's motion.
+            truth = sum(horizontal_shift(gt[k], gt[k + 1]) for k in range(s, e))
             # Turning right (+yaw) moves the content left (negative shift).
             follow.append({"seed": eval_seed(i), "start": s, "end": e, "commanded": sign,
-                           "image_shift_px": shift, "ok": bool(np.sign(-shift) == sign)})
+                           "image_shift_px": shift, "truth_shift_px": truth, "ok": bool(np.sign(-shift) == sign),
+                           "truth_ok": bool(np.sign(-truth) == sign)})
         bar.update(1)
     bar.close()
     summary = {k: float(np.mean([r[k] for r in rows])) for k in rows[0] if k not in ("seed", "caption")}
     summary["gain_over_repeat_first_frame_db"] = summary["psnr_first_2s"] - summary["baseline_psnr_first_2s"]
     summary["turning_segments"] = len(follow)
     summary["yaw_sign_agreement"] = float(np.mean([f["ok"] for f in follow])) if follow else float("nan")
+    # The estimator on the rendered truth (should be 1.0), and how far the model's image moves relative to it.
+    summary["yaw_sign_agreement_of_truth"] = (float(np.mean([f["truth_ok"] for f in follow])) if follow
+                                              else float("nan"))
+    summary["median_shift_ratio_to_truth"] = (float(np.median([f["image_shift_px"] / f["truth_shift_px"]
+                                                               for f in follow if f["truth_shift_px"]]))
+                                              if follow else float("nan"))
     summary["static_seeds_skipped"] = len(static)
     return {"summary": summary, "clips": rows, "turns": follow, "static_seeds": static}
 
