@@ -65,10 +65,18 @@ LAUNCH_CONFIGS: dict[str, dict[str, int]] = {
 # SANA_WM_GDN_PRECISION="parallel_fp32,scan" overrides them (for measuring the precision / speed trade).
 _PREC_PARALLEL, _PREC_SCAN = os.environ.get("SANA_WM_GDN_PRECISION", "tf32x3,tf32").split(",")
 _PREC_LOW_INPUTS = "tf32"
+# EXPERIMENT, off by default and not yet measured: SANA_WM_GDN_PHASE_A=bf16 runs phase A's Gram products for
+# bf16 inputs as bf16 tensor-core dots (operands already bf16; only beta * y is rounded to bf16) instead of TF32
+# on fp32 copies. Phase A was ~0.33 ms of the 0.57 ms layer in the H200 profile; tests/gpu checks its error budget.
+_PREC_PHASE_A_LOW = os.environ.get("SANA_WM_GDN_PHASE_A", "tf32")
 
 
 def _parallel_precision(x: Tensor) -> str:
     return _PREC_PARALLEL if x.dtype == torch.float32 else _PREC_LOW_INPUTS
+
+
+def _phase_a_precision(x: Tensor) -> str:
+    return _PREC_PARALLEL if x.dtype == torch.float32 else _PREC_PHASE_A_LOW
 
 _NAN_FILL = False
 
@@ -145,7 +153,10 @@ def _gram(p_x, p_y, p_beta, S, stride_xs, stride_ys, stride_bs, o_x, DX, DY,
             b_x = tl.load(p_x + o_t[:, None] * stride_xs + o_x[None, :], mask=m_s[:, None] & m_x[None, :],
                           other=0.0).to(tl.float32)
         b_yb = b_y * b_beta[:, None]
-        b_acc += tl.dot(tl.trans(b_x), b_yb, input_precision=PRECISION)
+        if PRECISION == "bf16":
+            b_acc += tl.dot(tl.trans(b_x.to(tl.bfloat16)), b_yb.to(tl.bfloat16))
+        else:
+            b_acc += tl.dot(tl.trans(b_x), b_yb, input_precision=PRECISION)
         b_sum += tl.sum(b_yb, axis=0)
     return b_acc, b_sum
 
@@ -441,7 +452,7 @@ def _run(q, k, v, beta, g, q_rot, k_rot, *, do_fwd, do_bwd, initial_state, with_
         *k.stride()[:4], *k_rot.stride()[:4], *v.stride()[:4], *beta.stride(),
         H, T, S, DK, DV,
         BLOCK_S=cfg["a_block_s"], BK=BK, BV=BV, NROW=nrow, HAS_Z=with_z, NUM_STAGES=cfg["a_stages"],
-        PRECISION=_parallel_precision(k), num_warps=cfg["a_warps"],
+        PRECISION=_phase_a_precision(k), num_warps=cfg["a_warps"],
     )
 
     # Phase B.

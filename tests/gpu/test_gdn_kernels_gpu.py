@@ -68,6 +68,21 @@ def test_bidirectional_streaming_shape(T, init, dtype, with_z):
     _check_bidirectional(dict(inp, with_z=with_z, output_final_state=True), dtype, check_z=with_z)
 
 
+@pytest.mark.parametrize("T", [3, 4])
+@pytest.mark.parametrize("with_z", [True, False], ids=["main", "camera"])
+def test_phase_a_bf16_experiment_stays_in_the_bf16_budget(monkeypatch, T, with_z):
+    """SANA_WM_GDN_PHASE_A=bf16 (off by default): bf16 tensor-core Gram products for bf16 inputs must stay within
+    the same budget as the default TF32 path. (Not checkable on the CPU: the Triton interpreter's bf16 dot is
+    wrong.)"""
+    from kernels import gdn_triton
+
+    monkeypatch.setattr(gdn_triton, "_PREC_PHASE_A_LOW", "bf16")
+    inp = gdn_inputs(1, H, T, S, D, device="cuda", dtype=torch.bfloat16, initial_state=True, seed=T)
+    if not with_z:
+        del inp["q_rot"], inp["k_rot"]
+    _check_bidirectional(dict(inp, with_z=with_z, output_final_state=True), torch.bfloat16, check_z=with_z)
+
+
 def test_camera_bidirectional_fused_inverse_ucpe():
     from kernels.gdn_triton_testing import random_rigid
 
