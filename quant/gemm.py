@@ -111,6 +111,26 @@ if HAS_TRITON:
         return (((b_code & 0x8) << 12) | ((b_code & 0x7) << 9)).to(tl.uint16).to(tl.float16, bitcast=True)
 
     @triton.jit
+    def _grouped_tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+        # Grouped tile order: GROUP_M row tiles sweep the N tiles together so their weight tiles stay in L2.
+        # Returns this program's row and column offsets.
+        i_pid = tl.program_id(0)
+        n_group = GROUP_M * tl.cdiv(N, BLOCK_N)
+        first_m = (i_pid // n_group) * GROUP_M
+        group_m = tl.minimum(tl.cdiv(M, BLOCK_M) - first_m, GROUP_M)
+        i_m = first_m + (i_pid % n_group) % group_m
+        i_n = (i_pid % n_group) // group_m
+        return i_m * BLOCK_M + tl.arange(0, BLOCK_M), i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+
+    @triton.jit
+    def _store_tile(acc, p_b, p_y, o_m, o_n, m_m, m_n, stride_ym, stride_yn, HAS_BIAS: tl.constexpr):
+        # Epilogue: + bias, cast to the output dtype, masked store.
+        if HAS_BIAS:
+            acc += tl.load(p_b + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
+        p_yb = p_y + o_m[:, None] * stride_ym + o_n[None, :] * stride_yn
+        tl.store(p_yb, acc.to(p_y.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
+
+    @triton.jit
     def _nvfp4_w4a16_kernel_sm90(
         p_x, p_w, p_s, p_s2, p_b, p_y,
         M, N, K,
@@ -118,18 +138,7 @@ if HAS_TRITON:
         HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     ):
-        # Grouped tile order: GROUP_M row tiles sweep the N tiles together so their weight tiles stay in L2.
-        i_pid = tl.program_id(0)
-        n_m = tl.cdiv(M, BLOCK_M)
-        n_n = tl.cdiv(N, BLOCK_N)
-        n_group = GROUP_M * n_n
-        first_m = (i_pid // n_group) * GROUP_M
-        group_m = tl.minimum(n_m - first_m, GROUP_M)
-        i_m = first_m + (i_pid % n_group) % group_m
-        i_n = (i_pid % n_group) // group_m
-
-        o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        o_m, o_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
         o_k = tl.arange(0, BLOCK_K)
         o_kb = tl.arange(0, BLOCK_K // 2)
         o_ks = tl.arange(0, BLOCK_K // 16)
@@ -166,10 +175,7 @@ if HAS_TRITON:
             p_wb += (BLOCK_K // 2) * stride_wk
             p_sb += (BLOCK_K // 16) * stride_sk
 
-        if HAS_BIAS:
-            acc += tl.load(p_b + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
-        p_yb = p_y + o_m[:, None] * stride_ym + o_n[None, :] * stride_yn
-        tl.store(p_yb, acc.to(p_y.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
+        _store_tile(acc, p_b, p_y, o_m, o_n, m_m, m_n, stride_ym, stride_yn, HAS_BIAS)
 
     @triton.jit
     def _nvfp4_w4a16_kernel_sm100(
@@ -181,17 +187,7 @@ if HAS_TRITON:
     ):
         # UNTESTED on hardware: block-scaled dot with the packed E2M1 tile as the K-packed right operand and the
         # E4M3 block scales ([BLOCK_N, BLOCK_K / 16], i.e. group size 16) passed untransposed.
-        i_pid = tl.program_id(0)
-        n_m = tl.cdiv(M, BLOCK_M)
-        n_n = tl.cdiv(N, BLOCK_N)
-        n_group = GROUP_M * n_n
-        first_m = (i_pid // n_group) * GROUP_M
-        group_m = tl.minimum(n_m - first_m, GROUP_M)
-        i_m = first_m + (i_pid % n_group) % group_m
-        i_n = (i_pid % n_group) // group_m
-
-        o_m = i_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        o_n = i_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        o_m, o_n = _grouped_tile(M, N, BLOCK_M, BLOCK_N, GROUP_M)
         o_k = tl.arange(0, BLOCK_K)
         o_kb = tl.arange(0, BLOCK_K // 2)
         o_ks = tl.arange(0, BLOCK_K // 16)
@@ -217,10 +213,7 @@ if HAS_TRITON:
             p_sb += (BLOCK_K // 16) * stride_sk
 
         acc = acc * tl.load(p_s2).to(tl.float32)
-        if HAS_BIAS:
-            acc += tl.load(p_b + o_n, mask=m_n, other=0.0).to(tl.float32)[None, :]
-        p_yb = p_y + o_m[:, None] * stride_ym + o_n[None, :] * stride_yn
-        tl.store(p_yb, acc.to(p_y.dtype.element_ty), mask=m_m[:, None] & m_n[None, :])
+        _store_tile(acc, p_b, p_y, o_m, o_n, m_m, m_n, stride_ym, stride_yn, HAS_BIAS)
 
     @triton.jit
     def _nvfp4_dequant_kernel(p_w, p_s, p_s2, p_out, N, K2, stride_wn, stride_sn, stride_on,
