@@ -11,6 +11,8 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET
 {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+echo "== GPU tests (the NVFP4 kernels were restructured after the last GPU run)"
+timeout 150 python3 -m pytest tests/gpu tests/unit/test_quant.py -m gpu -q -p no:cacheprovider -rfE 2>&1 | tail -6
 echo "== quantized GEMMs"
 timeout 150 python3 -m bench.quant --m 256,2640,10560 --json $OUT/quant_gemm.json | tail -40
 echo "== full model fp8 + compile"
