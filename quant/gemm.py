@@ -6,6 +6,7 @@ picks between them.
 NVFP4 weights (W4A16: activations stay bf16)
     nvfp4_linear_ref        fp32 reference
     nvfp4_dequant_triton    one-pass Triton dequantization to bf16 (bit-identical to quant.nvfp4's)
+    nvfp4_dequantize        Triton on CUDA, the PyTorch decode elsewhere (used by the linear and the modules)
     nvfp4_linear_dequant    dequantize W to x.dtype (Triton on CUDA) into a scratch tensor, then cuBLAS: the
                             fastest W4A16 path on Hopper at large M (weights stay 4-bit at rest)
     nvfp4_linear_triton     Triton kernel that unpacks and scales W tiles in registers, bf16 tensor-core dot;
@@ -85,11 +86,17 @@ def nvfp4_linear_dequant(x: torch.Tensor, weight: torch.Tensor, weight_scale: to
                          weight_scale_2: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Dequantize W to x.dtype, then F.linear (cuBLAS on CUDA). Same signature as nvfp4_linear_ref."""
     _check_nvfp4_args(x, weight, weight_scale)
-    if x.is_cuda and HAS_TRITON:
-        w = nvfp4_dequant_triton(weight, weight_scale, weight_scale_2, x.dtype)  # one pass, same bits
-    else:
-        w = dequantize_nvfp4(weight, weight_scale, weight_scale_2, x.dtype)
+    w = nvfp4_dequantize(weight, weight_scale, weight_scale_2, x.dtype)
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+
+def nvfp4_dequantize(weight: torch.Tensor, weight_scale: torch.Tensor, weight_scale_2: torch.Tensor,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Packed NVFP4 -> [N, K] in `dtype`: one Triton pass on CUDA, quant.nvfp4.dequantize_nvfp4 elsewhere (the
+    same bits either way)."""
+    if weight.is_cuda and HAS_TRITON:
+        return nvfp4_dequant_triton(weight, weight_scale, weight_scale_2, dtype)
+    return dequantize_nvfp4(weight, weight_scale, weight_scale_2, dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from quant.fp8 import dequantize_fp8, infer_block_size, quantize_fp8
-from quant.gemm import HAS_TRITON, fp8_linear, nvfp4_dequant_triton, nvfp4_linear
-from quant.nvfp4 import BLOCK_SIZE, NVFP4Tensor, dequantize_nvfp4, quantize_nvfp4
+from quant.gemm import fp8_linear, nvfp4_dequantize, nvfp4_linear
+from quant.nvfp4 import BLOCK_SIZE, NVFP4Tensor, quantize_nvfp4
 
 _SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
@@ -122,9 +122,7 @@ class NVFP4Linear(QuantLinear):
         return NVFP4Tensor(self.weight, self.weight_scale, self.weight_scale_2)
 
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        if self.weight.is_cuda and HAS_TRITON:   # one pass, the same bits
-            return nvfp4_dequant_triton(self.weight, self.weight_scale, self.weight_scale_2, dtype)
-        return dequantize_nvfp4(self.weight, self.weight_scale, self.weight_scale_2, dtype)
+        return nvfp4_dequantize(self.weight, self.weight_scale, self.weight_scale_2, dtype)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """[..., in] -> [..., out]."""
