@@ -13,6 +13,8 @@ Shapes: M = 2640 tokens (one 3-frame chunk, 3 x 880) and 10560 (12 frames); (K, 
     nvfp4_auto        quant.gemm.nvfp4_linear's choice (fused below NVFP4_DEQUANT_MIN_M rows, else dequant)
     nvfp4_dequant_pass  the dequantization pass alone
     fp8_gemm          row-wise torch._scaled_mm on pre-quantized activations (the FP8 GEMM alone)
+    fp8_gemm_fast     the same with use_fast_accum=True (Hopper: no periodic promotion of the FP8 accumulator)
+    fp8_gemm_tensor   per-tensor scales (scalar activation and weight scales), fast accumulation
     fp8_linear        quant.gemm.fp8_linear_scaled_mm: per-token activation quantization (Triton) + _scaled_mm
 
 Timings are triton.testing.do_bench medians (L2 flushed between runs) on random normal inputs (no zeros). Each row
@@ -176,6 +178,9 @@ def bench_shape(do_bench, m: int, k: int, n: int, label: str, sweep: bool) -> li
     q4 = quantize_nvfp4(w)
     q8 = quantize_fp8(w)
     xq, sx = quantize_fp8_per_row(x)                      # per-token activation scales, as fp8_linear does
+    x8 = quantize_fp8(x, name="activation")               # one activation scale (static / per-tensor recipe)
+    xq_t, sx_t = x8.weight, x8.weight_scale.float().reshape(())
+    sw_t = q8.weight_scale.float().reshape(())
     wt = q8.weight.t()
     sw = q8.weight_scale.float().reshape(1, 1).expand(1, n).contiguous()
 
@@ -193,6 +198,11 @@ def bench_shape(do_bench, m: int, k: int, n: int, label: str, sweep: bool) -> li
         ("nvfp4_dequant_pass", lambda: nvfp4_dequant_triton(*q4), None, nvfp4_nbytes(n, k) + 2 * n * k),
         ("fp8_gemm", lambda: torch._scaled_mm(xq, wt, sx, sw, out_dtype=torch.bfloat16), ref_fp8,
          m * k + n * k + out),
+        ("fp8_gemm_fast", lambda: torch._scaled_mm(xq, wt, sx, sw, out_dtype=torch.bfloat16, use_fast_accum=True),
+         ref_fp8, m * k + n * k + out),
+        ("fp8_gemm_tensor", lambda: torch._scaled_mm(xq_t, wt, sx_t, sw_t, out_dtype=torch.bfloat16,
+                                                      use_fast_accum=True),
+         (xq_t.float() * sx_t) @ (q8.weight.float() * sw_t).t(), m * k + n * k + out),
         ("fp8_linear", lambda: _fp8_linear(x, q8), ref_fp8, act + m * k + n * k + out),
     ]
     rows = []
