@@ -4,7 +4,8 @@
 
 Recipe (chunk-causal flow matching with the streaming sampler's own timesteps):
 - clips of 8 (T - 1) + 1 frames rendered on the GPU are encoded once by the frozen tiny autoencoder into a
-  pool of latents; a few clips of the pool are re-rendered every `--refresh-every` steps;
+  pool of latents; a few clips of the pool are re-rendered every `--refresh-every` steps; `--turn-mix P`
+  makes a fraction P of them turn-heavy key walks (the default mix under-trains yaw; evaluation is unchanged);
 - per chunk an independent timestep: 0 (a clean context chunk, as the streaming cache pass sees it) with
   probability `--p-clean`, else one of the sampler's timesteps (1000, 960, 889, 727) with probability
   `--p-sampler-t`, else uniform in (0, 1000]; clean context chunks get light noise augmentation
@@ -42,11 +43,14 @@ def latent_intrinsics_torch(intr_px: torch.Tensor, cfg) -> torch.Tensor:
 class LatentPool:
     """Clips rendered on the device and encoded once: latents, camera tensors and captions."""
 
-    def __init__(self, vae, cfg, size: int, latent_frames: int, device, seed: int = 0, render_batch: int = 8):
+    def __init__(self, vae, cfg, size: int, latent_frames: int, device, seed: int = 0, render_batch: int = 8,
+                 turn_mix: float = 0.0):
         from runtime.world.dataset import ClipStream
 
         self.vae, self.cfg, self.size, self.T = vae, cfg, size, latent_frames
-        self.stream = ClipStream(render_batch, 8 * (latent_frames - 1) + 1, cfg.height, cfg.width, device, seed=seed)
+        # turn_mix: the fraction of rendered clips that are turn-heavy key walks (picked per clip seed).
+        self.stream = ClipStream(render_batch, 8 * (latent_frames - 1) + 1, cfg.height, cfg.width, device, seed=seed,
+                                 turn_mix=turn_mix)
         self.latents = self.cams = self.pluckers = None
         self.captions: list[str] = []
         self.cursor = 0
@@ -138,11 +142,16 @@ def main(argv=None) -> int:
     p.add_argument("--context-noise", type=float, default=40.0)
     p.add_argument("--save-every-min", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--turn-mix", type=float, default=0.0, metavar="P",
+                   help="fraction in [0, 1] of training clips that are turn-heavy key walks (more a/d yaw); "
+                   "0 keeps the default mix; evaluation clips never change")
     p.add_argument("--state-dir", help="resumable state (default: OUT/train_state); files stay under 16 MB each")
     p.add_argument("--init-from", help="start from these weights (e.g. the shipped model.safetensors, whose step "
                    "count it takes) with a fresh optimizer and a new warm-up, when no resumable state exists")
     p.set_defaults(warmup_start=0)   # the step the warm-up counts from (set by --init-from)
     args = p.parse_args(argv)
+    if not 0.0 <= args.turn_mix <= 1.0:   # also rejects NaN
+        p.error(f"--turn-mix must be in [0, 1], got {args.turn_mix}")
 
     # The Triton kernels are inference-only (no backward): train through the PyTorch references.
     os.environ["SANA_WM_KERNELS"] = "reference"
@@ -178,7 +187,8 @@ def main(argv=None) -> int:
     vae = TinyVideoAutoencoder.from_file(args.vae or out / "vae.safetensors").to(device).eval()
     text_enc = load_text_encoder(cfg.text_encoder, caption_channels=cfg.caption_channels,
                                  max_length=cfg.text_max_length, device=device)
-    pool = LatentPool(vae, cfg, args.pool, args.latent_frames, device, seed=args.seed + 7919 * (step + 1))
+    pool = LatentPool(vae, cfg, args.pool, args.latent_frames, device, seed=args.seed + 7919 * (step + 1),
+                      turn_mix=args.turn_mix)
     if stream_state is not None:
         pool.stream.load_state_dict({**stream_state, "index": stream_state["index"] + args.pool})
     chunks = chunk_ranges(args.latent_frames, cfg.first_chunk_size, cfg.chunk_size)

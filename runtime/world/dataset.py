@@ -13,7 +13,7 @@ from runtime.camera import default_intrinsics
 
 from .render import render
 from .scene import Scene
-from .trajectories import random_trajectory
+from .trajectories import TURN_SEGMENT_KEYS, random_trajectory
 
 TRAIN_SEED_LIMIT = 10 ** 6
 """Training clips use seeds in [0, TRAIN_SEED_LIMIT)."""
@@ -36,7 +36,8 @@ def clip_intrinsics(seed: int, height: int, width: int) -> np.ndarray:
 
 def generate_clip(seed: int, num_frames: int, height: int = 144, width: int = 256, device="cpu", *,
                   biome: str | None = None, time_of_day: str | None = None, trajectory: str | None = None,
-                  shadows: bool = True, return_depth: bool = False, supersample: int = 1) -> dict:
+                  shadows: bool = True, return_depth: bool = False, supersample: int = 1,
+                  segment_keys: tuple[tuple[str, float], ...] | None = None) -> dict:
     """Render one clip.
 
     Args:
@@ -48,6 +49,8 @@ def generate_clip(seed: int, num_frames: int, height: int = 144, width: int = 25
         trajectory: "keys", "smooth" or None (drawn from the seed).
         shadows, supersample: passed to `render`.
         return_depth: add "depth" float32 [F, H, W] (camera z; +inf for the sky).
+        segment_keys: held-key table of key-driven trajectories (None: the default SEGMENT_KEYS, which
+            evaluation relies on; training may pass TURN_SEGMENT_KEYS).
 
     Returns:
         dict with frames uint8 [F, H, W, 3], c2w float32 [F, 4, 4] (OpenCV axes, c2w[0] = identity),
@@ -56,7 +59,7 @@ def generate_clip(seed: int, num_frames: int, height: int = 144, width: int = 25
     """
     scene = Scene.random(seed, biome=biome, time_of_day=time_of_day)
     K = clip_intrinsics(seed, height, width)
-    traj = random_trajectory(scene, _rng(seed, 0x7A7), num_frames, kind=trajectory)
+    traj = random_trajectory(scene, _rng(seed, 0x7A7), num_frames, kind=trajectory, segment_keys=segment_keys)
     out = render(scene, traj.c2w, K, height, width, device, shadows=shadows, return_depth=return_depth,
                  supersample=supersample)
     frames, depth = out if return_depth else (out, None)
@@ -105,21 +108,38 @@ class ClipStream:
         split: "train" (hashed seeds < TRAIN_SEED_LIMIT) or "eval" (EVAL_SEED_BASE + i, in order).
         seed: stream seed (train split; distinct streams for distinct seeds, e.g. one per data-parallel rank).
         start: index of the first clip.
+        turn_mix: training only: the fraction of clips that are key-driven walks drawn from TURN_SEGMENT_KEYS
+            (chosen per clip from its seed, so reproducible and resumable); 0 keeps the default clips.
         **clip_kwargs: passed to `generate_clip` (biome, time_of_day, trajectory, shadows, supersample).
     """
 
     def __init__(self, batch_size: int, num_frames: int, height: int = 144, width: int = 256, device="cpu", *,
-                 split: str = "train", seed: int = 0, start: int = 0, **clip_kwargs):
+                 split: str = "train", seed: int = 0, start: int = 0, turn_mix: float = 0.0, **clip_kwargs):
         if split not in ("train", "eval"):
             raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        if not 0.0 <= turn_mix <= 1.0:
+            raise ValueError(f"turn_mix must be in [0, 1], got {turn_mix}")
         self.batch_size, self.num_frames = int(batch_size), int(num_frames)
         self.height, self.width = int(height), int(width)
         self.device = torch.device(device)
         self.split, self.seed, self.index = split, int(seed), int(start)
         self.clip_kwargs = clip_kwargs
+        self.turn_mix = float(turn_mix)
 
     def seed_at(self, index: int) -> int:
         return train_seed(index, self.seed) if self.split == "train" else eval_seed(index)
+
+    def is_turn_clip(self, seed: int) -> bool:
+        """Whether the clip of this seed is a turn-heavy walk: a draw of its own salted generator, so the
+        choice depends on the seed alone (a resumed run makes the same choices) and no other draw moves."""
+        return self.turn_mix > 0 and _rng(seed, 0x7E2).random() < self.turn_mix
+
+    def clip_at(self, index: int) -> dict:
+        seed = self.seed_at(index)
+        kwargs = self.clip_kwargs
+        if self.is_turn_clip(seed):
+            kwargs = {**kwargs, "trajectory": "keys", "segment_keys": TURN_SEGMENT_KEYS}
+        return generate_clip(seed, self.num_frames, self.height, self.width, self.device, **kwargs)
 
     def __iter__(self) -> ClipStream:
         return self
@@ -127,8 +147,7 @@ class ClipStream:
     def __next__(self) -> dict:
         clips = []
         for _ in range(self.batch_size):
-            clips.append(generate_clip(self.seed_at(self.index), self.num_frames, self.height, self.width,
-                                       self.device, **self.clip_kwargs))
+            clips.append(self.clip_at(self.index))
             self.index += 1
         return {
             "frames": torch.stack([c["frames"] for c in clips]),

@@ -24,6 +24,11 @@ SEGMENT_KEYS: tuple[tuple[str, float], ...] = (
     ("", 0.08), ("wj", 0.03), ("wl", 0.03), ("i", 0.025), ("k", 0.025), ("sa", 0.015), ("sd", 0.015),
     ("wi", 0.01), ("wk", 0.01),
 )
+# A training-only alternative dominated by yaw (a/d), alone and combined with moving: the default mix turns in
+# only about a third of its segments, and a model trained on it under-follows yaw. Never used for evaluation.
+TURN_SEGMENT_KEYS: tuple[tuple[str, float], ...] = (
+    ("a", 0.18), ("d", 0.18), ("wa", 0.18), ("wd", 0.18), ("sa", 0.08), ("sd", 0.08), ("w", 0.07), ("", 0.05),
+)
 _ESCAPE_KEYS: tuple[tuple[str, float], ...] = (("a", 0.3), ("d", 0.3), ("s", 0.15), ("sa", 0.1), ("sd", 0.1),
                                                ("", 0.05))
 MIN_SEGMENT, MAX_SEGMENT = 8, 48
@@ -66,7 +71,8 @@ def _valid(scene: Scene, positions: np.ndarray, margin: float, limit: float) -> 
 
 
 def key_trajectory(scene: Scene, seed, num_frames: int, *, translation_speed: float = 0.025,
-                   rotation_speed_deg: float = 0.6, margin: float = 0.5, tries: int = 8) -> Trajectory:
+                   rotation_speed_deg: float = 0.6, margin: float = 0.5, tries: int = 8,
+                   segment_keys: tuple[tuple[str, float], ...] | None = None) -> Trajectory:
     """Random held-key segments (8-48 frames each) rolled out with the official velocity model.
 
     Segments that would bring the camera within `margin` of an object or outside the populated region are
@@ -77,12 +83,17 @@ def key_trajectory(scene: Scene, seed, num_frames: int, *, translation_speed: fl
         seed: int or numpy Generator.
         num_frames: poses to return (F >= 1); the action string covers F - 1 frames.
         translation_speed, rotation_speed_deg: DSL speeds (official defaults 0.025 / 0.6).
+        segment_keys: (keys, weight) table the segments are drawn from (None: SEGMENT_KEYS; e.g.
+            TURN_SEGMENT_KEYS for turn-heavy training walks). Escapes from collisions still use their own table.
 
     Returns:
         Trajectory(c2w [F, 4, 4] float32, actions, "keys").
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    table = SEGMENT_KEYS if segment_keys is None else segment_keys
+    if not table or any(w < 0 for _, w in table) or sum(w for _, w in table) <= 0:
+        raise ValueError("segment_keys must be a non-empty (keys, weight) table with a positive total weight")
     rng = _rng(seed)
     limit = scene.region_radius - 2.0
     integ = PoseIntegrator(translation_speed=translation_speed, rotation_speed_deg=rotation_speed_deg)
@@ -93,7 +104,7 @@ def key_trajectory(scene: Scene, seed, num_frames: int, *, translation_speed: fl
         start = integ.state()
         for attempt in range(tries):
             if attempt == 0:
-                keys = _pick(rng, SEGMENT_KEYS)
+                keys = _pick(rng, table)
                 # Level out: a long look up or down turns into the opposite pitch key.
                 if abs(integ.pitch_deg) > 12.0 and ("i" in keys or "k" in keys or rng.random() < 0.3):
                     keys = keys.replace("i", "").replace("k", "") + ("k" if integ.pitch_deg > 0 else "i")
@@ -165,11 +176,13 @@ def smooth_trajectory(scene: Scene, seed, num_frames: int, *, max_speed: float =
 
 
 def random_trajectory(scene: Scene, seed, num_frames: int, *, kind: str | None = None,
-                      smooth_fraction: float = 0.3) -> Trajectory:
+                      smooth_fraction: float = 0.3,
+                      segment_keys: tuple[tuple[str, float], ...] | None = None) -> Trajectory:
     """A key-driven trajectory (most often) or a smooth path, drawn from `seed`.
 
     Args:
         kind: "keys", "smooth" or None (smooth with probability `smooth_fraction`).
+        segment_keys: held-key table of key-driven paths (None: SEGMENT_KEYS); smooth paths ignore it.
     """
     rng = _rng(seed)
     if kind is None:
@@ -180,4 +193,4 @@ def random_trajectory(scene: Scene, seed, num_frames: int, *, kind: str | None =
             return traj
     elif kind != "keys":
         raise ValueError(f"unknown trajectory kind {kind!r} (expected 'keys' or 'smooth')")
-    return key_trajectory(scene, rng, num_frames)
+    return key_trajectory(scene, rng, num_frames, segment_keys=segment_keys)

@@ -1,10 +1,12 @@
-"""The world-model training schedule: warm-up, constant rate, cosine decay, and the warm-up restart of
-`--init-from` (a fresh optimizer on trained weights)."""
+"""The world-model training schedule: warm-up, constant rate, cosine decay, the warm-up restart of
+`--init-from` (a fresh optimizer on trained weights), and the turn-heavy clip mix of `--turn-mix`."""
 import math
+import types
 
 import pytest
+import torch
 
-from runtime.train.train_world import lr_at, main
+from runtime.train.train_world import LatentPool, lr_at, main
 
 
 def _args(**kw):
@@ -42,3 +44,50 @@ def test_init_from_a_missing_file_fails_clearly(tmp_path):
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         main(["--out", str(tmp_path), "--device", "cpu", "--init-from", str(tmp_path / "none.safetensors"),
               "--minutes", "0"])
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan"])
+def test_turn_mix_outside_unit_interval_is_rejected(tmp_path, capsys, value):
+    # Rejected while parsing, before any model or pool is built.
+    with pytest.raises(SystemExit) as exc:
+        main(["--out", str(tmp_path), "--device", "cpu", "--turn-mix", value, "--minutes", "0"])
+    assert exc.value.code == 2
+    assert "--turn-mix must be in [0, 1]" in capsys.readouterr().err
+
+
+class _ZeroVAE:
+    """Stands in for the tiny autoencoder: latents of the right shape (8x time, 8x space) without weights."""
+
+    def encode_video(self, video):
+        B, _, F, H, W = video.shape
+        return torch.zeros(B, 4, (F - 1) // 8 + 1, H // 8, W // 8)
+
+
+@pytest.mark.parametrize("turn_mix", [0.0, 0.5, 1.0])
+def test_latent_pool_renders_turn_clips_at_the_turn_mix(monkeypatch, turn_mix):
+    from runtime.world import dataset
+    from runtime.world.trajectories import TURN_SEGMENT_KEYS
+
+    calls = []
+    real = dataset.generate_clip
+
+    def spy(seed, *args, **kwargs):
+        calls.append((seed, kwargs))
+        return real(seed, *args, **kwargs)
+
+    monkeypatch.setattr(dataset, "generate_clip", spy)
+    cfg = types.SimpleNamespace(height=16, width=32, latent_height=2, latent_width=4)
+    pool = LatentPool(_ZeroVAE(), cfg, 6, 2, "cpu", seed=5, render_batch=2, turn_mix=turn_mix)
+    pool.refresh(2)
+    assert pool.latents.shape[0] == 6 and len(calls) == 8
+    turned = [kw.get("segment_keys") is TURN_SEGMENT_KEYS for _, kw in calls]
+    # Turn clips are exactly the seeds the stream picks, always key walks; the others are untouched.
+    assert turned == [pool.stream.is_turn_clip(seed) for seed, _ in calls]
+    assert all(kw["trajectory"] == "keys" for (_, kw), t in zip(calls, turned) if t)
+    assert all(kw == {} for (_, kw), t in zip(calls, turned) if not t)
+    if turn_mix == 0.0:
+        assert not any(turned)
+    elif turn_mix == 1.0:
+        assert all(turned)
+    else:
+        assert 0 < sum(turned) < len(turned)

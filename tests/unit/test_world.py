@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.camera import actions_to_c2w, default_intrinsics
+from runtime.camera import actions_to_c2w, default_intrinsics, parse_actions
 from runtime.world import (
     BIOMES,
     EVAL_SEED_BASE,
@@ -15,11 +15,13 @@ from runtime.world import (
     Scene,
     eval_seed,
     generate_clip,
+    key_trajectory,
     random_trajectory,
     render,
     train_seed,
 )
 from runtime.world.scene import CLEAR_RADIUS
+from runtime.world.trajectories import SEGMENT_KEYS, TURN_SEGMENT_KEYS
 
 H, W = 36, 64
 
@@ -187,3 +189,85 @@ def test_clip_stream_batches_and_resumes():
     assert next(again)["seeds"] == nxt["seeds"]
     ev = ClipStream(1, 1, 16, 32, "cpu", split="eval")
     assert next(ev)["seeds"] == [EVAL_SEED_BASE]
+
+
+def _yaw_fraction(actions: str) -> float:
+    """Fraction of frames that hold a yaw key (a or d)."""
+    frames = parse_actions(actions)
+    return sum(bool(keys & {"a", "d"}) for keys in frames) / len(frames)
+
+
+def test_default_segment_table_is_unchanged():
+    # Golden action strings recorded before `segment_keys` existed: evaluation clips must not move.
+    assert key_trajectory(Scene.random(5), 5, 161).actions == "w-85,wd-36,i-26,wl-13"
+    golden = {10: "a-10,l-26,d-27,j-18,l-15", 11: "k-40,wi-23,w-10,wj-23", 12: "none-20,s-46,wd-30"}
+    for seed, actions in golden.items():
+        scene = Scene.random(seed)
+        default = key_trajectory(scene, seed, 97)
+        explicit = key_trajectory(scene, seed, 97, segment_keys=None)
+        same_table = key_trajectory(scene, seed, 97, segment_keys=SEGMENT_KEYS)
+        assert default.actions == explicit.actions == same_table.actions == actions
+        np.testing.assert_array_equal(default.c2w, explicit.c2w)
+    golden = {0: ("keys", "j-44,w-11,d-9"), 1: ("smooth", ""), 2: ("keys", "w-64"), 3: ("keys", "w-38,wd-26")}
+    for seed, (kind, actions) in golden.items():
+        traj = random_trajectory(Scene.random(seed), seed, 65)
+        assert (traj.kind, traj.actions) == (kind, actions)
+        np.testing.assert_array_equal(traj.c2w, random_trajectory(Scene.random(seed), seed, 65, segment_keys=None).c2w)
+    # The held-out clips exactly as `sana-wm eval` draws them (kind from the seed, or forced "keys").
+    golden_eval = {0: ("keys", "w-32"), 1: ("keys", "wd-8,l-24"), 2: ("smooth", ""), 3: ("keys", "j-32")}
+    for i, (kind, actions) in golden_eval.items():
+        clip = generate_clip(eval_seed(i), 33, 16, 32, shadows=False)
+        assert (clip["trajectory"], clip["actions"]) == (kind, actions)
+    golden_keys = {0: "none-28,w-4", 1: "d-26,wd-6", 2: "as-29,wa-3"}
+    for i, actions in golden_keys.items():
+        a = generate_clip(eval_seed(i), 33, 16, 32, trajectory="keys", shadows=False)
+        b = generate_clip(eval_seed(i), 33, 16, 32, trajectory="keys", shadows=False, segment_keys=None)
+        assert a["actions"] == b["actions"] == actions
+        assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["c2w"], b["c2w"])
+
+
+def test_turn_table_turns_much_more():
+    default, turn = [], []
+    for seed in range(8):
+        scene = Scene.random(seed)
+        default.append(_yaw_fraction(key_trajectory(scene, seed, 161).actions))
+        traj = key_trajectory(scene, seed, 161, segment_keys=TURN_SEGMENT_KEYS)
+        turn.append(_yaw_fraction(traj.actions))
+        # Still a valid key walk: the actions reproduce the poses, which stay clear of objects.
+        np.testing.assert_array_equal(actions_to_c2w(traj.actions).astype(np.float32), traj.c2w)
+        assert scene.clearance(traj.c2w[:, :3, 3]).min() >= 0.45
+    mean_default, mean_turn = np.mean(default), np.mean(turn)
+    assert mean_default < 0.5 and mean_turn > 0.65 and mean_turn > mean_default + 0.3, (default, turn)
+    # The turn table passes through random_trajectory and generate_clip too.
+    traj = random_trajectory(Scene.random(3), 3, 161, kind="keys", segment_keys=TURN_SEGMENT_KEYS)
+    assert traj.actions == key_trajectory(Scene.random(3), 3, 161, segment_keys=TURN_SEGMENT_KEYS).actions
+    clip = generate_clip(7, 33, 16, 32, trajectory="keys", shadows=False, segment_keys=TURN_SEGMENT_KEYS)
+    assert clip["actions"] != generate_clip(7, 33, 16, 32, trajectory="keys", shadows=False)["actions"]
+
+
+def test_segment_keys_rejects_a_bad_table():
+    for table in ((), (("a", -1.0), ("d", 2.0)), (("a", 0.0),)):
+        with pytest.raises(ValueError, match="segment_keys"):
+            key_trajectory(Scene.random(0), 0, 9, segment_keys=table)
+
+
+def test_clip_stream_turn_mix_is_per_seed_and_off_by_default():
+    plain = next(ClipStream(3, 17, 16, 32, "cpu", seed=11, shadows=False))
+    zero = next(ClipStream(3, 17, 16, 32, "cpu", seed=11, shadows=False, turn_mix=0.0))
+    assert zero["actions"] == plain["actions"] == ["wd-16", "w-16", "d-13,wd-3"]   # golden, recorded before
+    assert torch.equal(zero["frames"], plain["frames"])
+    full = ClipStream(3, 17, 16, 32, "cpu", seed=11, shadows=False, turn_mix=1.0)
+    batch = next(full)
+    assert batch["seeds"] == plain["seeds"]
+    for seed, actions in zip(batch["seeds"], batch["actions"]):
+        ref = generate_clip(seed, 17, 16, 32, trajectory="keys", shadows=False, segment_keys=TURN_SEGMENT_KEYS)
+        assert actions == ref["actions"]
+    # The choice hangs on the clip seed alone: about P of the seeds, the same in every stream.
+    half = ClipStream(1, 9, 16, 32, "cpu", turn_mix=0.5)
+    picks = [half.is_turn_clip(train_seed(i)) for i in range(2000)]
+    assert 0.45 < np.mean(picks) < 0.55
+    assert picks == [ClipStream(1, 9, turn_mix=0.5).is_turn_clip(train_seed(i)) for i in range(2000)]
+    assert not any(ClipStream(1, 9).is_turn_clip(train_seed(i)) for i in range(200))
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="turn_mix"):
+            ClipStream(1, 9, turn_mix=bad)
