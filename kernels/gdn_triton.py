@@ -18,9 +18,10 @@ Three launches per call, each parallel over what it can be:
   are summed before the one matmul, and the bidirectional combine (num_f+num_b)/(den_f+den_b+eps) happens
   in registers.
 
-Precision: inputs may be fp32, bf16 or fp16; every tile is converted to fp32 and the matmuls run on tensor
-cores in TF32 (~1e-3 relative). The serial update of phase B is written S - S A_t, so TF32 rounding only
-touches the small correction and does not compound over frames. bf16 values are exact in TF32.
+Precision: inputs may be fp32, bf16 or fp16. fp32 inputs get 3xTF32 dots in phases A and C (fp32-accurate);
+bf16 / fp16 inputs get bf16 Gram products in phase A and TF32 dots on fp32 tiles elsewhere (~1e-3 relative).
+The serial update of phase B is written S - S A_t, so TF32 rounding only touches the small correction and does
+not compound over frames. bf16 values are exact in TF32.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ __all__ = ["LAUNCH_CONFIGS", "config_key", "gdn_bidirectional_triton", "gdn_scan
 LAUNCH_CONFIGS: dict[str, dict[str, int]] = {
     "default": {
         "a_block_s": 32, "a_warps": 8, "a_stages": 2,      # phase A: tokens per step, warps, pipeline stages
+        "a_block_s_bf16": 64,                              # phase A tokens per step with bf16 Gram products
         "b_block_v": 32, "b_warps": 8, "b_stages": 2,      # phase B: state rows per program, warps, stages
         "c_block_s": 64, "c_tiles": 2, "c_warps": 8, "c_stages": 1,  # phase C: tokens per tile, tiles per
                                                                       # program, warps, stages
@@ -51,7 +53,7 @@ LAUNCH_CONFIGS: dict[str, dict[str, int]] = {
     },
     # CPU interpreter (tests): large tiles mean fewer interpreted loop iterations.
     "interpreter": {
-        "a_block_s": 64, "a_warps": 4, "a_stages": 1, "b_block_v": 32, "b_warps": 4, "b_stages": 1,
+        "a_block_s": 64, "a_block_s_bf16": 64, "a_warps": 4, "a_stages": 1, "b_block_v": 32, "b_warps": 4, "b_stages": 1,
         "c_block_s": 64, "c_tiles": 1, "c_warps": 4, "c_stages": 1, "target_programs_per_sm": 1,
     },
 }
@@ -65,10 +67,12 @@ LAUNCH_CONFIGS: dict[str, dict[str, int]] = {
 # SANA_WM_GDN_PRECISION="parallel_fp32,scan" overrides them (for measuring the precision / speed trade).
 _PREC_PARALLEL, _PREC_SCAN = os.environ.get("SANA_WM_GDN_PRECISION", "tf32x3,tf32").split(",")
 _PREC_LOW_INPUTS = "tf32"
-# EXPERIMENT, off by default and not yet measured: SANA_WM_GDN_PHASE_A=bf16 runs phase A's Gram products for
-# bf16 inputs as bf16 tensor-core dots (operands already bf16; only beta * y is rounded to bf16) instead of TF32
-# on fp32 copies. Phase A was ~0.33 ms of the 0.57 ms layer in the H200 profile; tests/gpu checks its error budget.
-_PREC_PHASE_A_LOW = os.environ.get("SANA_WM_GDN_PHASE_A", "tf32")
+# Phase A's Gram products for bf16 / fp16 inputs run as bf16 tensor-core dots (operands already bf16; only
+# beta * y is rounded to bf16): on the H200 the bf16 main scan took 0.159 ms instead of 0.329 ms with TF32 dots
+# on fp32 copies, at 1.2e-3 relative RMS on the fp32 scan output instead of 4e-4, below the bf16 rounding of
+# the layer's output (bench/results/2026-12-01_h200_kernels_phase_a_bf16.json). SANA_WM_GDN_PHASE_A=tf32
+# restores the TF32 products; tests/gpu checks both against the bf16 error budget.
+_PREC_PHASE_A_LOW = os.environ.get("SANA_WM_GDN_PHASE_A", "bf16")
 
 
 def _parallel_precision(x: Tensor) -> str:
@@ -76,7 +80,10 @@ def _parallel_precision(x: Tensor) -> str:
 
 
 def _phase_a_precision(x: Tensor) -> str:
-    return _PREC_PARALLEL if x.dtype == torch.float32 else _PREC_PHASE_A_LOW
+    if x.dtype == torch.float32:
+        return _PREC_PARALLEL
+    # The Triton interpreter (CPU tests) computes bf16 dots wrongly: it keeps TF32 there.
+    return "tf32" if x.device.type == "cpu" else _PREC_PHASE_A_LOW
 
 _NAN_FILL = False
 
@@ -443,6 +450,7 @@ def _run(q, k, v, beta, g, q_rot, k_rot, *, do_fwd, do_bwd, initial_state, with_
     while (nrow * n_bht * n_prod < cfg["target_programs_per_sm"] * n_sm and BK // (2 * nrow) >= 16
            and BV // (2 * nrow) >= 16):
         nrow *= 2
+    prec_a = _phase_a_precision(k)
     buf_A = _alloc((n_bht, BK, BK), device)
     buf_U = _alloc((n_bht, BV, BK), device)
     buf_Az = _alloc((n_bht, BK, BK), device) if with_z else buf_A
@@ -451,8 +459,8 @@ def _run(q, k, v, beta, g, q_rot, k_rot, *, do_fwd, do_bwd, initial_state, with_
         k, k_rot, v, beta, buf_A, buf_U, buf_Az, buf_uz,
         *k.stride()[:4], *k_rot.stride()[:4], *v.stride()[:4], *beta.stride(),
         H, T, S, DK, DV,
-        BLOCK_S=cfg["a_block_s"], BK=BK, BV=BV, NROW=nrow, HAS_Z=with_z, NUM_STAGES=cfg["a_stages"],
-        PRECISION=_phase_a_precision(k), num_warps=cfg["a_warps"],
+        BLOCK_S=cfg["a_block_s_bf16" if prec_a == "bf16" else "a_block_s"], BK=BK, BV=BV, NROW=nrow, HAS_Z=with_z,
+        NUM_STAGES=cfg["a_stages"], PRECISION=prec_a, num_warps=cfg["a_warps"],
     )
 
     # Phase B.

@@ -445,6 +445,15 @@ def fp8_linear_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Te
     return y.to(x.dtype)
 
 
+# Hopper's FP8 tensor cores accumulate in reduced precision; cuBLAS's default promotes the accumulator to fp32
+# every few K-steps, use_fast_accum skips that. On the H200 (bench/results/2026-12-01_h200_quant_gemm_round5.json)
+# fast accumulation took the row-wise FP8 GEMM from 1.42-1.59x to 1.56-1.89x bf16 speed at the model's shapes for
+# a relative RMS error of 1.9-2.5e-3 instead of 1.7e-3 against the same FP8 operands in fp32 (rounding the
+# operands to E4M3 costs about ten times more).
+# SANA_WM_FP8_FAST_ACCUM=0 turns it off.
+FP8_FAST_ACCUM = os.environ.get("SANA_WM_FP8_FAST_ACCUM", "1") != "0"
+
+
 def fp8_linear_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
                          bias: torch.Tensor | None = None,
                          input_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -469,7 +478,7 @@ def fp8_linear_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: to
             xq, sx = fp8_quantize_rows_triton(x2)
         w_scale = w_scale.expand(1, n).contiguous()
     y = torch._scaled_mm(xq, weight.t(), sx, w_scale, bias=None if bias is None else bias.to(x.dtype),
-                         out_dtype=x.dtype)
+                         out_dtype=x.dtype, use_fast_accum=FP8_FAST_ACCUM)
     return y.view(*x.shape[:-1], n)
 
 

@@ -37,6 +37,12 @@ def check_stream_latents(latents: torch.Tensor, channels: int, grid: tuple[int, 
     return new
 
 
+def uint8_frames(video: torch.Tensor) -> torch.Tensor:
+    """Decoder output [1, 3, F, H, W] in ~[-1, 1] -> uint8 [F, H, W, 3] ((x + 1) * 127.5, rounded), on its device."""
+    x = ((video[0].float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+    return x.permute(1, 2, 3, 0).contiguous()
+
+
 class DecoderStream(abc.ABC):
     """Causal, chunked decode of one latent video; holds the decoder's left-context caches."""
 
@@ -52,6 +58,16 @@ class DecoderStream(abc.ABC):
             uint8 frames [F, H, W, 3] on the CPU, F = 1 + stride[0] * (T - 1) on the stream's first call and
             stride[0] * T afterwards (raw video frames).
         """
+
+    def decode_device(self, latents: torch.Tensor) -> torch.Tensor:
+        """Like `decode`, but the frames may stay where the decoder made them (the GPU for a GPU decoder).
+
+        Returns the uint8 frames [F, H, W, 3] of `decode`, on any device: the caller moves them to the host,
+        e.g. with an asynchronous copy (the session's overlapped decode queues the whole decode on a side
+        stream and must not block on it). Streams that end `decode` with a blocking device-to-host copy
+        override this; the default just calls `decode`.
+        """
+        return self.decode(latents)
 
     @abc.abstractmethod
     def snapshot(self) -> object:

@@ -41,7 +41,7 @@ import torch
 from diffusers import AutoencoderKLLTX2Video
 from diffusers.models.autoencoders.autoencoder_kl_ltx2 import LTX2VideoCausalConv3d, LTX2VideoUpsampler3d
 
-from runtime.decoder import DecoderStream, VideoAutoencoder, check_stream_latents
+from runtime.decoder import DecoderStream, VideoAutoencoder, check_stream_latents, uint8_frames
 from runtime.weights import IncompatibleWeightsError, MissingWeightsError
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,9 @@ class LTX2Stream(DecoderStream):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return to_uint8_frames(self.decode_float(latents))
 
+    def decode_device(self, latents: torch.Tensor) -> torch.Tensor:
+        return uint8_frames(self.decode_float(latents))
+
     @abc.abstractmethod
     def decode_float(self, latents: torch.Tensor) -> torch.Tensor:
         """Like `decode` but returns the decoder output: float [1, 3, F, H, W] in ~[-1, 1] on the device."""
@@ -302,12 +305,14 @@ def _check_snapshot(snap: object, ae: LTX2Autoencoder, kind: str) -> None:
 
 def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:
     """Decoder output [1, 3, F, H, W] in [-1, 1] -> uint8 [F, H, W, 3] on the CPU ((x + 1) * 127.5, rounded)."""
-    x = ((video[0].float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-    x = x.permute(1, 2, 3, 0).contiguous()
+    x = uint8_frames(video)
     if not x.is_cuda:
         return x
     # Into page-locked memory (torch's caching host allocator reuses it): a pageable copy of a 720p chunk (65 MB)
-    # took 51 ms on an H200 machine, about 20x the pinned rate.
+    # took 51 ms on an H200 machine, about 20x the pinned rate. A blocking copy_ is cudaMemcpyAsync on the
+    # *current* stream followed by a sync of that stream only (not the device), so under a side stream it
+    # waits for the side stream's decode and nothing else. The session's overlapped decode uses
+    # `decode_device` instead and copies without blocking.
     host = torch.empty(x.shape, dtype=x.dtype, pin_memory=True)
     host.copy_(x)
     return host

@@ -117,8 +117,10 @@ def latent_intrinsics(cfg: ModelConfig, intrinsics=None, src_hw: tuple[int, int]
 
 
 def open_session(gen: Generator, image, prompt: str = "", *, seed: int = 0, intrinsics=None,
-                 src_hw: tuple[int, int] | None = None, timesteps=None) -> WorldSession:
-    """A session starting from `image` (path, PIL image, HxWx3 uint8 array, or [1, 3, H, W] in [-1, 1])."""
+                 src_hw: tuple[int, int] | None = None, timesteps=None, overlap_decode: bool = False) -> WorldSession:
+    """A session starting from `image` (path, PIL image, HxWx3 uint8 array, or [1, 3, H, W] in [-1, 1]).
+
+    overlap_decode: decode chunk N on a side CUDA stream while chunk N+1 generates (see `WorldSession`)."""
     from runtime.images import load_image
 
     cfg = gen.config
@@ -132,4 +134,4 @@ def open_session(gen: Generator, image, prompt: str = "", *, seed: int = 0, intr
         emb, mask = gen.text_encoder.encode([prompt])
         text = gen.model.prepare_text(emb.to(device), mask.to(device))
     return WorldSession(gen.model, text, first_latent=first, intrinsics_latent=latent_intrinsics(cfg, intrinsics, src_hw),
-                        seed=seed, autoencoder=gen.autoencoder, timesteps=timesteps)
+                        seed=seed, autoencoder=gen.autoencoder, timesteps=timesteps, overlap_decode=overlap_decode)

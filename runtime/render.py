@@ -117,7 +117,10 @@ def render_walk(gen, image, prompt: str, plan: WalkPlan, out: Path, *, seed: int
     from runtime.video import Mp4Writer
 
     cfg = gen.config
-    session = open_session(gen, image, prompt, seed=seed, intrinsics=plan.intrinsics, src_hw=plan.image_hw)
+    # The refiner decodes its refined latents itself (it drops the session's decoder); otherwise chunk N decodes
+    # on a side stream (CUDA) while chunk N+1 generates.
+    session = open_session(gen, image, prompt, seed=seed, intrinsics=plan.intrinsics, src_hw=plan.image_hw,
+                           overlap_decode=refine is None)
     sidecar = {
         "kind": "sana-wm-walk", "version": SIDECAR_VERSION, "model": model_name, "weights": gen.source,
         "config": cfg.name, "seed": seed, "prompt": prompt, "image": image_ref,
@@ -136,18 +139,35 @@ def render_walk(gen, image, prompt: str, plan: WalkPlan, out: Path, *, seed: int
     try:
         if refine is not None:   # stage-2 refiner: its own stage-1 -> refiner -> decoder loop (runtime/refiner)
             written = refine.render(session, c2w, plan.num_frames, writer, sidecar, side, bar)
-        while refine is None and written < plan.num_frames:
-            t0 = time.perf_counter()
-            result = session.step(session.next_poses(c2w))
-            frames = result.frames[: plan.num_frames - written]
+
+        def finish(result, t0: float) -> None:
+            nonlocal written
+            frames = result.frames[: plan.num_frames - written]   # waits for the chunk's decode
             writer.write(frames)
             written += len(frames)
+            # wall_ms: step call to frames written (with overlap it spans the next chunk's launch too).
             sidecar["chunks"].append({"index": result.chunk_index, "frames": len(frames),
                                       **{k: round(v, 2) for k, v in result.timings.items()},
                                       "wall_ms": round(1e3 * (time.perf_counter() - t0), 2)})
             sidecar["frames_written"] = written
             write_json_atomic(side, sidecar)
             bar.update(len(frames))
+
+        # One chunk in flight: step chunk N+1 (its generation) before writing chunk N, whose decode then
+        # overlaps it. `ahead` counts the frames the pending chunk will bring, so no chunk is generated past
+        # the end; a short count (decoders yield exactly the chunk's raw frames) just loops once more.
+        pending = None
+        while refine is None:
+            ahead = len(pending[0].raw_frames) if pending is not None else 0
+            launched = None
+            if written + ahead < plan.num_frames:
+                t0 = time.perf_counter()
+                launched = (session.step(session.next_poses(c2w)), t0)
+            if pending is not None:
+                finish(*pending)
+            pending = launched
+            if pending is None and written >= plan.num_frames:
+                break
     finally:
         bar.close()
         writer.close()

@@ -3,11 +3,15 @@
 Every cache (GDN states, conv contexts, FFN last frames, softmax sink + window K/V, the decoder's causal
 cache) is preallocated and carried forward, so the cost and the memory of a chunk stay flat however long
 the walk. `snapshot()` / `restore()` rewind to an earlier point and branch from it.
+
+Overlapped decode (`overlap_decode=True`, CUDA only): `step()` queues the chunk's decode on a side CUDA stream
+and returns once the generation is done; the decode of chunk N then runs while chunk N+1 generates, and
+`result.frames` waits for it. Decodes run in order on the one side stream, which owns the decoder's caches.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -17,17 +21,68 @@ from runtime.camera import camera_conditions, chunk_latent_range, chunk_plucker,
 from runtime.sampler import denoise_chunk
 
 
-@dataclass
+class PendingFrames(Protocol):
+    """Frames still being made: `wait()` blocks until they are in host memory and returns them."""
+
+    timings: dict
+    """Filled by `wait()`: the timings only known once the decode is done (decode_ms, total_ms)."""
+
+    def wait(self) -> np.ndarray | None: ...
+
+    def ready(self) -> bool: ...
+
+
 class ChunkResult:
-    chunk_index: int
-    raw_frames: range
-    """Global raw frame indices of `frames` (chunk 0 holds the first image's frame 0)."""
-    frames: np.ndarray | None
-    """uint8 [F, H, W, 3] decoded frames (None without a decoder)."""
-    latents: Tensor
-    """[1, C, T, h, w] clean latents of the chunk."""
-    timings: dict = field(default_factory=dict)
-    """Milliseconds: generate (denoise + cache pass), decode, total."""
+    """One generated chunk.
+
+    Attributes:
+        chunk_index: the chunk's index in the walk.
+        raw_frames: global raw frame indices of `frames` (chunk 0 holds the first image's frame 0).
+        latents: [1, C, T, h, w] clean latents of the chunk.
+        timings: milliseconds: generate_ms (denoise + cache pass), decode_ms, total_ms. With an overlapped
+            decode only generate_ms is there at first (host time until the generating stream is done; it also
+            covers queueing the decode, which normally hides behind the generation); decode_ms (the decode's
+            GPU time on the side stream, sharing the GPU with the next generation) and total_ms (generate_ms
+            plus latents ready -> frames in host memory) are added when the frames are resolved (`frames` or
+            `wait()`).
+    """
+
+    def __init__(self, chunk_index: int, raw_frames: range, frames: np.ndarray | PendingFrames | None,
+                 latents: Tensor, timings: dict | None = None) -> None:
+        self.chunk_index = chunk_index
+        self.raw_frames = raw_frames
+        self._frames = frames
+        self.latents = latents
+        self.timings = {} if timings is None else timings
+
+    @property
+    def frames(self) -> np.ndarray | None:
+        """uint8 [F, H, W, 3] decoded frames (None without a decoder); waits for a pending decode once."""
+        pending = self._frames
+        if pending is not None and not isinstance(pending, np.ndarray):
+            frames = pending.wait()
+            self.timings.update(pending.timings)
+            self._frames = frames
+        return self._frames
+
+    @frames.setter
+    def frames(self, value: np.ndarray | None) -> None:
+        self._frames = value
+
+    def wait(self) -> np.ndarray | None:
+        """Block until the frames are in host memory; returns them (same as reading `frames`)."""
+        return self.frames
+
+    @property
+    def ready(self) -> bool:
+        """Whether `frames` can be read without waiting."""
+        pending = self._frames
+        return pending is None or isinstance(pending, np.ndarray) or pending.ready()
+
+    def __repr__(self) -> str:
+        state = "ready" if self.ready else "decoding"
+        return (f"ChunkResult(chunk_index={self.chunk_index}, raw_frames={self.raw_frames}, frames: {state}, "
+                f"latents={tuple(self.latents.shape)}, timings={self.timings})")
 
 
 def _sync(device: torch.device) -> None:
@@ -35,9 +90,96 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _sync_current_stream(device: torch.device) -> None:
+    """Wait for the current stream only: not for a side stream's decode."""
+    if device.type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+
+
+def _to_numpy(frames) -> np.ndarray | None:
+    return frames.numpy() if isinstance(frames, Tensor) else frames
+
+
+class _CudaPendingFrames:
+    """A chunk's decode queued on the side stream; its frames land in page-locked host memory."""
+
+    def __init__(self, host, ready: torch.cuda.Event, start: torch.cuda.Event, done: torch.cuda.Event,
+                 chunk_timings: dict) -> None:
+        self._host, self._ready, self._start, self._done = host, ready, start, done
+        self._chunk_timings = chunk_timings   # the result's timings, where step() puts generate_ms
+        self._frames = None
+        self._resolved = False
+        self.timings: dict = {}
+
+    def ready(self) -> bool:
+        return self._resolved or self._done.query()
+
+    def wait(self) -> np.ndarray | None:
+        if not self._resolved:
+            self._done.synchronize()
+            # Only now is the asynchronous copy into `host` complete: no numpy view of it before this point.
+            self._frames = _to_numpy(self._host)
+            self._host = None
+            # decode_ms: the decode's own time on the side stream (sharing the GPU with the next chunk's
+            # generation); total_ms: generate_ms plus latents-ready -> frames-in-host-memory (GPU clock).
+            generate_ms = self._chunk_timings.get("generate_ms", 0.0)
+            self.timings = {"decode_ms": self._start.elapsed_time(self._done),
+                            "total_ms": generate_ms + self._ready.elapsed_time(self._done)}
+            self._resolved = True
+        return self._frames
+
+
+class _SideStreamDecode:
+    """The session's side CUDA stream: decodes chunk N while chunk N+1 generates on the current stream.
+
+    Every decoder call (decode, snapshot, restore, close) runs on this one stream, so decodes stay in order
+    and the decoder's caches are only ever allocated and used on it.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.stream = torch.cuda.Stream(device)
+
+    def launch(self, decoder, x0: Tensor, chunk_timings: dict) -> _CudaPendingFrames:
+        """Queue the decode of x0 (made on the current stream) and return without waiting for it."""
+        main = torch.cuda.current_stream(self.device)
+        ready = torch.cuda.Event(enable_timing=True)
+        ready.record(main)
+        self.stream.wait_event(ready)
+        # x0 was allocated on the generating stream: without this, once the caller drops it the allocator
+        # could hand its memory to the next chunk's generation while the decode still reads it.
+        x0.record_stream(self.stream)
+        start = torch.cuda.Event(enable_timing=True)
+        done = torch.cuda.Event(enable_timing=True)
+        with torch.cuda.stream(self.stream), torch.no_grad():
+            start.record(self.stream)
+            frames = decoder.decode_device(x0)
+            host = frames
+            if isinstance(frames, Tensor) and frames.is_cuda:
+                host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
+                # Queued on the side stream; the host allocator records an event so the block is not reused
+                # before the copy ends, and `frames` (allocated on this stream) is freed in stream order.
+                host.copy_(frames, non_blocking=True)
+            done.record(self.stream)
+        return _CudaPendingFrames(host, ready, start, done, chunk_timings)
+
+    def call(self, fn, *args):
+        """fn(*args) on the side stream after the queued decodes; returns with the side stream idle."""
+        self.stream.synchronize()
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))   # inputs made on the current stream
+        with torch.cuda.stream(self.stream):
+            out = fn(*args)
+        # Snapshots cloned here may be restored on another stream (or another session): finish them now.
+        self.stream.synchronize()
+        return out
+
+    def synchronize(self) -> None:
+        self.stream.synchronize()
+
+
 class WorldSession:
     def __init__(self, model, text, *, first_latent: Tensor, intrinsics_latent, seed: int = 0,
-                 autoencoder=None, timesteps=None, cuda_graphs: bool = False):
+                 autoencoder=None, timesteps=None, cuda_graphs: bool = False, overlap_decode: bool = False):
         """
         Args:
             model: a SanaWorldModel.
@@ -49,6 +191,9 @@ class WorldSession:
             timesteps: denoising timesteps (default: the config's).
             cuda_graphs: once the caches reach their steady shape (sink and window full), capture the whole
                 chunk step (every denoising pass and the cache pass) in one CUDA graph and replay it.
+            overlap_decode: on CUDA, decode each chunk on a side stream while the next one generates: `step`
+                returns when the generation is done and `result.frames` waits for the decode (see
+                `ChunkResult.timings`). Ignored on the CPU (the decode stays synchronous).
         """
         self.model = model
         self.cfg = model.cfg
@@ -68,6 +213,8 @@ class WorldSession:
         self.closed = False
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self._graph = None
+        self.overlap_decode = bool(overlap_decode) and self.device.type == "cuda" and self.decoder is not None
+        self._side = _SideStreamDecode(self.device) if self.overlap_decode else None
 
     # ------------------------------------------------------------------------------------------------
     @property
@@ -129,6 +276,16 @@ class WorldSession:
         else:
             x0 = denoise_chunk(self.model, noise, self.text, camera, plucker, self.cache, self.timesteps,
                                clean_first=clean_first)
+        if self._side is not None and self.decoder is not None:
+            # Queue the decode first (it starts on the GPU when x0 is ready), so its kernel launches overlap
+            # this chunk's generation; then wait for the generating stream only, never the side stream.
+            timings: dict = {}
+            pending = self._side.launch(self.decoder, x0, timings)
+            _sync_current_stream(self.device)
+            timings["generate_ms"] = 1e3 * (time.perf_counter() - t0)
+            result = ChunkResult(self.chunk_index, raw, pending, x0, timings)
+            self.chunk_index += 1
+            return result
         _sync(self.device)
         t1 = time.perf_counter()
         frames = self.decoder.decode(x0) if self.decoder is not None else None
@@ -176,19 +333,28 @@ class WorldSession:
         return self._graph_out.clone()
 
     # ------------------------------------------------------------------------------------------------
+    def _decoder_call(self, fn, *args):
+        """A decoder call outside `step`: with an overlapped decode, on the side stream after the queued decodes."""
+        if self._side is None:
+            return fn(*args)
+        return self._side.call(fn, *args)
+
     def snapshot(self) -> dict:
-        """Everything needed to return to this point of the walk (caches cloned)."""
+        """Everything needed to return to this point of the walk (caches cloned).
+
+        With an overlapped decode this first waits for the queued decodes (the decoder's caches are theirs)."""
         return {"cache": self.cache.snapshot(), "chunk_index": self.chunk_index, "poses": list(self.poses),
                 "origin_inv": self._origin_inv,
-                "decoder": self.decoder.snapshot() if self.decoder is not None else None}
+                "decoder": self._decoder_call(self.decoder.snapshot) if self.decoder is not None else None}
 
     def restore(self, snap: dict) -> None:
+        """Rewind to `snap`; results of chunks already stepped stay valid (their decodes finish first)."""
         self.cache.restore(snap["cache"])
         self.chunk_index = snap["chunk_index"]
         self.poses = list(snap["poses"])
         self._origin_inv = snap["origin_inv"]
         if self.decoder is not None:
-            self.decoder.restore(snap["decoder"])
+            self._decoder_call(self.decoder.restore, snap["decoder"])
 
     def cache_nbytes(self) -> int:
         return self.cache.nbytes()
@@ -201,7 +367,8 @@ class WorldSession:
         self._graph = None
         self._static = None
         if self.decoder is not None:
-            self.decoder.close()
+            self._decoder_call(self.decoder.close)   # waits for the queued decodes: their frames stay readable
+        self._side = None
         self.cache = None
         self.text = None
         if self.device.type == "cuda":

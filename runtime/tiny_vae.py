@@ -30,6 +30,7 @@ from runtime.decoder import (
     check_stream_latents,
     register_autoencoder,
     registered_autoencoders,
+    uint8_frames,
 )
 
 FORMAT = "sana-wm/tiny-vae/1"
@@ -300,9 +301,10 @@ class TinyDecoderStream(DecoderStream):
         return video
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        video = self.decode_float(latents)
-        x = ((video[0].float() + 1.0) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-        return x.permute(1, 2, 3, 0).contiguous().cpu()
+        return uint8_frames(self.decode_float(latents)).cpu()
+
+    def decode_device(self, latents: torch.Tensor) -> torch.Tensor:
+        return uint8_frames(self.decode_float(latents))
 
     def snapshot(self) -> object:
         cache = None if self._cache is None else {k: v.clone() for k, v in self._cache.items()}

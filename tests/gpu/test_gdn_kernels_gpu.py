@@ -70,13 +70,14 @@ def test_bidirectional_streaming_shape(T, init, dtype, with_z):
 
 @pytest.mark.parametrize("T", [3, 4])
 @pytest.mark.parametrize("with_z", [True, False], ids=["main", "camera"])
-def test_phase_a_bf16_experiment_stays_in_the_bf16_budget(monkeypatch, T, with_z):
-    """SANA_WM_GDN_PHASE_A=bf16 (off by default): bf16 tensor-core Gram products for bf16 inputs must stay within
-    the same budget as the default TF32 path. (Not checkable on the CPU: the Triton interpreter's bf16 dot is
-    wrong.)"""
+@pytest.mark.parametrize("phase_a", ["bf16", "tf32"])
+def test_phase_a_precisions_stay_in_the_bf16_budget(monkeypatch, T, with_z, phase_a):
+    """Phase A for bf16 inputs: bf16 tensor-core Gram products (the default) and the TF32 ones
+    (SANA_WM_GDN_PHASE_A=tf32) both stay within the bf16 budget. (Not checkable on the CPU: the Triton
+    interpreter's bf16 dot is wrong, so the CPU keeps TF32.)"""
     from kernels import gdn_triton
 
-    monkeypatch.setattr(gdn_triton, "_PREC_PHASE_A_LOW", "bf16")
+    monkeypatch.setattr(gdn_triton, "_PREC_PHASE_A_LOW", phase_a)
     inp = gdn_inputs(1, H, T, S, D, device="cuda", dtype=torch.bfloat16, initial_state=True, seed=T)
     if not with_z:
         del inp["q_rot"], inp["k_rot"]

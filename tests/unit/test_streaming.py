@@ -6,7 +6,8 @@ import torch
 from runtime.cache import GDNBlockCache, SoftmaxBlockCache
 from runtime.camera import actions_to_c2w
 from runtime.model import build_model, chunk_ranges
-from runtime.session import WorldSession
+from runtime.session import ChunkResult, WorldSession
+from runtime.tiny_vae import DEFAULT_WEIGHTS as TINY_VAE_WEIGHTS
 from tests.model_inputs import intrinsics_latent, random_inputs
 from tests.tolerances import FP32_STREAM_REL, rel_err
 
@@ -88,14 +89,14 @@ def test_sink_and_window_hold_the_official_chunks(tiny):
     assert kv.sink.shape[3] == 4 * S and kv.ring.shape[0] == 1   # sink + 1 recent chunk = 2 cached chunks
 
 
-def _session(model, seed=5, timesteps=None):
+def _session(model, seed=5, timesteps=None, **kwargs):
     cfg = model.cfg
     first = torch.randn(1, cfg.in_channels, 1, cfg.latent_height, cfg.latent_width,
                         generator=torch.Generator().manual_seed(0))
     emb = torch.randn(1, cfg.text_max_length, cfg.caption_channels, generator=torch.Generator().manual_seed(1))
     text = model.prepare_text(emb, torch.ones(1, cfg.text_max_length))
     return WorldSession(model, text, first_latent=first, intrinsics_latent=intrinsics_latent(cfg), seed=seed,
-                        timesteps=timesteps)
+                        timesteps=timesteps, **kwargs)
 
 
 def _walk(session, poses, chunks):
@@ -152,3 +153,128 @@ def test_cache_memory_is_flat_over_100_chunks(tiny):
     assert s.chunk_index == 100
     assert s.cache_nbytes() == size3
     assert sorted(t.data_ptr() for b in s.cache.blocks for t in b.tensors().values()) == ptrs3
+
+
+# Overlapped decode ----------------------------------------------------------------------------------------------
+# On the CPU `overlap_decode=True` decodes in line; the CUDA side stream is covered by tests/gpu. The session's
+# pending-decode bookkeeping is checked here with a stand-in side stream that really defers each decode until
+# something waits for it, in launch order (as one CUDA stream would).
+FAST = (1000, 727, 0)
+
+
+@pytest.fixture(scope="module")
+def tiny_ae():
+    if not TINY_VAE_WEIGHTS.is_file():
+        pytest.skip("the embedded tiny-world autoencoder is not in this checkout")
+    from runtime.decoder import load_autoencoder
+
+    return load_autoencoder("tiny-world")
+
+
+class _CountingPending:
+    def __init__(self, frames):
+        self._frames, self.waits, self.timings = frames, 0, {}
+
+    def ready(self):
+        return self.waits > 0
+
+    def wait(self):
+        self.waits += 1
+        self.timings = {"decode_ms": 2.0, "total_ms": 3.0}
+        return self._frames
+
+
+class _DeferredPending:
+    def __init__(self, side, run):
+        self.side, self.run, self.frames, self.done, self.timings = side, run, None, False, {}
+
+    def ready(self):
+        return self.done
+
+    def wait(self):
+        self.side.drain(until=self)
+        return self.frames
+
+
+class _DeferredSide:
+    """Stand-in for the session's side stream: decodes run in launch order, only once someone waits."""
+
+    def __init__(self):
+        self.queue, self.calls = [], []
+
+    def launch(self, decoder, x0, chunk_timings):
+        pending = _DeferredPending(self, lambda: decoder.decode_device(x0).numpy())
+        self.queue.append(pending)
+        return pending
+
+    def drain(self, until=None):
+        while self.queue and not (until is not None and until.done):
+            p = self.queue.pop(0)
+            p.frames, p.done = p.run(), True
+            p.timings = {"decode_ms": 0.0, "total_ms": 0.0}
+
+    def call(self, fn, *args):
+        self.calls.append(getattr(fn, "__name__", str(fn)))
+        self.drain()
+        return fn(*args)
+
+    def synchronize(self):
+        self.drain()
+
+
+def _frames_walk(session, chunks):
+    return [session.step(session.next_poses(POSES)) for _ in range(chunks)]
+
+
+def test_chunk_result_frames_array_or_pending():
+    latents = torch.zeros(1, 2, 3, 4, 5)
+    arr = np.arange(24, dtype=np.uint8).reshape(1, 2, 4, 3)
+    done = ChunkResult(0, range(1), arr, latents, {"generate_ms": 1.0})
+    assert done.ready and done.frames is arr and done.wait() is arr
+    assert ChunkResult(1, range(1, 9), None, latents).frames is None   # no decoder
+    pending = _CountingPending(arr)
+    r = ChunkResult(2, range(9, 17), pending, latents, {"generate_ms": 1.0})
+    assert not r.ready and pending.waits == 0 and "decode_ms" not in r.timings
+    assert r.frames is arr and r.frames is arr and r.wait() is arr
+    assert pending.waits == 1                                               # waited once, on first access
+    assert r.ready and r.timings == {"generate_ms": 1.0, "decode_ms": 2.0, "total_ms": 3.0}
+    r.frames = arr[:, :1]                                                   # still assignable
+    assert r.frames.shape == (1, 1, 4, 3)
+    assert "decoding" in repr(ChunkResult(3, range(17, 25), _CountingPending(arr), latents))
+
+
+def test_overlap_decode_on_cpu_decodes_in_line(tiny, tiny_ae):
+    plain = _frames_walk(_session(tiny, timesteps=FAST, autoencoder=tiny_ae), 3)
+    s = _session(tiny, timesteps=FAST, autoencoder=tiny_ae, overlap_decode=True)
+    assert not s.overlap_decode and s._side is None          # CUDA only: the CPU keeps the synchronous decode
+    over = _frames_walk(s, 3)
+    for a, b in zip(plain, over):
+        assert b.ready and {"generate_ms", "decode_ms", "total_ms"} <= set(b.timings)
+        assert b.frames.dtype == np.uint8 and b.frames.shape == (len(b.raw_frames), 144, 256, 3)
+        assert np.array_equal(a.frames, b.frames)
+    snap = s.snapshot()
+    again = _frames_walk(s, 1)[0]
+    s.restore(snap)
+    assert np.array_equal(_frames_walk(s, 1)[0].frames, again.frames)
+    s.close()
+
+
+def test_deferred_decodes_keep_order_across_snapshot_restore_and_close(tiny, tiny_ae):
+    plain = [r.frames for r in _frames_walk(_session(tiny, timesteps=FAST, autoencoder=tiny_ae), 4)]
+    s = _session(tiny, timesteps=FAST, autoencoder=tiny_ae)
+    s._side = side = _DeferredSide()                         # the session's overlapped path, run on the CPU
+    first = _frames_walk(s, 2)
+    assert not any(r.ready for r in first) and len(side.queue) == 2 and "decode_ms" not in first[0].timings
+    snap = s.snapshot()                                      # must decode the queued chunks before cloning
+    assert not side.queue and all(r.ready for r in first) and side.calls == ["snapshot"]
+    branch = _frames_walk(s, 2)
+    assert not any(r.ready for r in branch)
+    s.restore(snap)                                          # the branch's decodes finish first, unharmed
+    assert all(r.ready for r in branch)
+    replay = _frames_walk(s, 2)
+    s.close()                                                # waits for the queued decodes too
+    assert all(r.ready for r in replay) and s._side is None
+    got = [r.frames for r in first + branch]
+    assert all(np.array_equal(a, b) for a, b in zip(got, plain))
+    assert all(np.array_equal(a.frames, b) for a, b in zip(replay, plain[2:]))
+    assert {"generate_ms", "decode_ms", "total_ms"} <= set(replay[1].timings)
