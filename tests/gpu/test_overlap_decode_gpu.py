@@ -70,33 +70,35 @@ def test_overlap_frames_equal_synchronous_decode(world, graphs, chunks):
 
 
 def test_generate_ms_excludes_the_decode(world):
-    # A decode made slow on purpose (a GPU sleep queued on the decoder's stream, then the real decode).
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    torch.cuda._sleep(10**7)
-    end.record()
-    end.synchronize()
-    cycles_per_ms = 10**7 / start.elapsed_time(end)
-    sleep_ms = 300.0
+    # A decode made slow on purpose: a GPU sleep queued on the decoder's stream, then the real decode. The sleep
+    # is only roughly calibrated (the clock under load differs from the calibration's; on the H200 a "300 ms"
+    # sleep ran ~110 ms), so it is made long (~2 s nominal) and the checks compare measured times only.
     warm = _session(world)                      # Triton / cuDNN / allocator warm-up for these shapes
     _walk(warm, 3)
     warm.close()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(10**8)
+    end.record()
+    end.synchronize()
+    sleep_cycles = int(2000.0 * 10**8 / start.elapsed_time(end))
 
     s = _session(world, overlap_decode=True)
     decode = s.decoder.decode_device
 
     def slow_decode(latents):
-        torch.cuda._sleep(int(sleep_ms * cycles_per_ms))   # on the current stream: the session's side stream
+        torch.cuda._sleep(sleep_cycles)         # on the current stream: the session's side stream
         return decode(latents)
 
     s.decoder.decode_device = slow_decode
     results = _walk(s, 3)
     for r in results:
         assert "decode_ms" not in r.timings     # only known once the frames are resolved
-        assert r.timings["generate_ms"] < sleep_ms / 2, r.timings
     assert not results[-1].ready
     for r in results:
         assert r.frames.shape[0] == len(r.raw_frames)
-        assert r.timings["decode_ms"] > 0.9 * sleep_ms, r.timings
-        assert r.timings["total_ms"] >= r.timings["generate_ms"] + 0.9 * sleep_ms, r.timings
+        t = r.timings
+        # The decode (sleep included) is far longer than the generation, and generate_ms does not contain it.
+        assert t["decode_ms"] > 2 * t["generate_ms"], t
+        assert t["total_ms"] >= t["generate_ms"] + 0.95 * t["decode_ms"], t
     s.close()
