@@ -49,23 +49,37 @@ def _format_family(policy: QuantPolicy) -> tuple[str, int | None]:
     return "fp8", (policy.block_size if policy.format == "fp8_block" else None)
 
 
-def _kind(name: str, module: nn.Module) -> str | None:
-    """"linear", "conv1x1" or "temporal_conv" ((k, 1) kernel), None for modules the policy never touches. Raises
-    for another conv the policy selected (spatial kernel, stride, groups): that is a policy bug, not a skip."""
+def _module_kind(module: nn.Module) -> str | None:
+    """"linear", "conv1x1" or "temporal_conv" ((k, 1) kernel) for a module a quantized module can replace, else
+    None (already quantized modules included)."""
     if isinstance(module, QuantLinear):
         return None
     if isinstance(module, nn.Linear):
         return "linear"
-    if isinstance(module, nn.modules.conv._ConvNd):
-        if is_conv1x1(module):
-            return "conv1x1"
-        if is_temporal_conv(module):
-            return "temporal_conv"
+    if is_conv1x1(module):
+        return "conv1x1"
+    if is_temporal_conv(module):
+        return "temporal_conv"
+    return None
+
+
+def _kind(name: str, module: nn.Module) -> str | None:
+    """`_module_kind`, but a conv the policy selected that cannot be quantized (spatial kernel, stride, groups)
+    raises: that is a policy bug, not a skip."""
+    kind = _module_kind(module)
+    if kind is None and isinstance(module, nn.modules.conv._ConvNd):
         raise PolicyError(f"{name}: selected by the quantization policy but it is a {type(module).__name__} with "
                           f"kernel {tuple(module.kernel_size)}, stride {tuple(module.stride)}, groups "
                           f"{module.groups}; only linears, 1x1 and (k, 1) Conv2d can be quantized (add it to "
                           "exclude)")
-    return None
+    return kind
+
+
+def _install(model: nn.Module, name: str, old: nn.Module, new: nn.Module, kind: str) -> None:
+    """Put quantized module `new` in place of `old` (a temporal conv takes its kernel geometry from `old`)."""
+    if kind == "temporal_conv":
+        new.configure(old)
+    _replace(model, name, new)
 
 
 def select_modules(model: nn.Module, config) -> list[tuple[str, nn.Module, str]]:
@@ -111,9 +125,7 @@ def quantize(model: nn.Module, config: QuantPolicy | dict | str | Path, *, allow
             new = cls.from_float(module, name=name)
         else:
             new = cls.from_float(module, block_size=block_size, name=name)
-        if kind == "temporal_conv":
-            new.configure(module)
-        _replace(model, name, new)
+        _install(model, name, module, new, kind)
     return model
 
 
@@ -183,15 +195,14 @@ def load_quantized_state_dict(model: nn.Module, state_dict: dict[str, torch.Tens
     for name, module in list(model.named_modules()):
         if not name or f"{name}.weight_scale" not in state_dict or isinstance(module, QuantLinear):
             continue
-        if isinstance(module, nn.Linear):
-            kind, in_f, out_f = "linear", module.in_features, module.out_features
-        elif is_conv1x1(module):
-            kind, in_f, out_f = "conv1x1", module.in_channels, module.out_channels
-        elif is_temporal_conv(module):
-            kind, in_f, out_f = "temporal_conv", module.in_channels * module.kernel_size[0], module.out_channels
-        else:
+        kind = _module_kind(module)
+        if kind is None:
             raise ValueError(f"{name}: the checkpoint holds a quantized weight but the model's module is a "
                              f"{type(module).__name__}, which cannot take one")
+        if kind == "linear":
+            in_f, out_f = module.in_features, module.out_features
+        else:   # a temporal conv's GEMM reads its k frames as k x in_channels features
+            in_f, out_f = module.in_channels * module.kernel_size[0], module.out_channels
         keys = [k for k in (f"{name}.weight", f"{name}.weight_scale", f"{name}.weight_scale_2",
                             f"{name}.input_scale", f"{name}.bias") if k in state_dict]
         if f"{name}.weight" not in state_dict:
@@ -217,15 +228,13 @@ def load_quantized_state_dict(model: nn.Module, state_dict: dict[str, torch.Tens
         if (new.out_features, new.in_features) != (out_f, in_f):
             raise ValueError(f"{name}: checkpoint weight is [{new.out_features}, {new.in_features}] but the model's "
                              f"{type(module).__name__} is [{out_f}, {in_f}]")
-        if kind == "temporal_conv":
-            new.configure(module)
         if not assign:
             device, bias_dtype = _module_device_dtype(module)
             if device.type != "meta":
                 new.to(device)
             if new.bias is not None and bias_dtype is not None:
                 new.bias.data = new.bias.data.to(bias_dtype)
-        _replace(model, name, new)
+        _install(model, name, module, new, kind)
         consumed.update(keys)
         replaced.add(name)
 

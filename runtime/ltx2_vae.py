@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKLLTX2Video
 from diffusers.models.autoencoders.autoencoder_kl_ltx2 import LTX2VideoCausalConv3d, LTX2VideoUpsampler3d
 
@@ -348,9 +349,37 @@ def _cached_causal_conv(conv: LTX2VideoCausalConv3d, key: str, read: dict, writt
     left = read.get(key)
     if left is None:  # the stream's first chunk: pad with copies of the first frame, as diffusers does
         left = hidden_states[:, :, :1].expand(-1, -1, k - 1, -1, -1)
-    x = torch.cat([left, hidden_states], dim=2)
-    written[key] = x[:, :, x.shape[2] - (k - 1):].clone()  # a copy, so the chunk's activations can be freed
-    return conv.conv(x)
+    inner = conv.conv
+    _, ph, pw = inner.padding
+    if inner.padding_mode != "reflect" or inner.padding[0] != 0 or (ph == 0 and pw == 0):
+        x = torch.cat([left, hidden_states], dim=2)
+        written[key] = x[:, :, x.shape[2] - (k - 1):].clone()  # a copy, so the chunk's activations can be freed
+        return inner(x)
+    # The decoder's convs reflect-pad H and W: build the temporally concatenated, spatially padded input in one
+    # buffer, then convolve without padding (what nn.Conv3d does after its own F.pad, so the result is the
+    # same). Saves a full copy and PyTorch's reflection_pad3d kernel (30 ms per chunk on an H200).
+    x = reflect_padded_cat(left, hidden_states, ph, pw)
+    written[key] = x[:, :, x.shape[2] - (k - 1):, ph:x.shape[3] - ph, pw:x.shape[4] - pw].clone()
+    return F.conv3d(x, inner.weight, inner.bias, inner.stride, 0, inner.dilation, inner.groups)
+
+
+def reflect_padded_cat(left: torch.Tensor, x: torch.Tensor, ph: int, pw: int) -> torch.Tensor:
+    """F.pad(torch.cat([left, x], dim=2), (pw, pw, ph, ph), mode="reflect") for [B, C, T, H, W] tensors, written
+    into one buffer: the interior once, then the reflected border rows and columns (plain copies)."""
+    b, c, t0, h, w = left.shape
+    t = t0 + x.shape[2]
+    if not (ph < h and pw < w):
+        raise ValueError(f"reflection padding ({ph}, {pw}) needs a frame larger than that, got {h}x{w}")
+    out = x.new_empty(b, c, t, h + 2 * ph, w + 2 * pw)
+    out[:, :, :t0, ph:ph + h, pw:pw + w] = left
+    out[:, :, t0:, ph:ph + h, pw:pw + w] = x
+    for i in range(1, ph + 1):   # rows (interior columns): padded row ph - i mirrors row ph + i
+        out[:, :, :, ph - i, pw:pw + w] = out[:, :, :, ph + i, pw:pw + w]
+        out[:, :, :, ph + h - 1 + i, pw:pw + w] = out[:, :, :, ph + h - 1 - i, pw:pw + w]
+    for j in range(1, pw + 1):   # then columns over all rows, which also fills the corners
+        out[..., pw - j] = out[..., pw + j]
+        out[..., pw + w - 1 + j] = out[..., pw + w - 1 - j]
+    return out
 
 
 def _stream_upsample(up: LTX2VideoUpsampler3d, trim_first: bool, hidden_states: torch.Tensor,

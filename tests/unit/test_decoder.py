@@ -312,3 +312,28 @@ def test_image_loading_and_first_frame_encode(causal_ae, tmp_path):
         load_image(bad, H, W)
     with pytest.raises(ImageLoadError, match="folder"):
         load_image(tmp_path, H, W)
+
+
+@pytest.mark.parametrize("ph,pw", [(1, 1), (2, 1), (1, 3)])
+def test_reflect_padded_cat_equals_cat_then_reflection_pad(ph, pw):
+    from runtime.ltx2_vae import reflect_padded_cat
+
+    g = torch.Generator().manual_seed(ph * 10 + pw)
+    x = torch.randn(2, 3, 4, 5, 7, generator=g)
+    for left in (torch.randn(2, 3, 2, 5, 7, generator=g), x[:, :, :1].expand(-1, -1, 2, -1, -1)):
+        want = torch.nn.functional.pad(torch.cat([left, x], dim=2), (pw, pw, ph, ph, 0, 0), mode="reflect")
+        assert torch.equal(reflect_padded_cat(left, x, ph, pw), want)
+    with pytest.raises(ValueError, match="reflection padding"):
+        reflect_padded_cat(x, x, 5, 1)
+
+
+def test_streaming_decode_uses_the_fused_reflection_pad(causal_ae, monkeypatch):
+    """The tiny decoder's 3x3x3 convs reflect-pad, so the stream goes through `reflect_padded_cat` (its output
+    equals the whole-video decode: test_streaming_equals_whole_video_decode)."""
+    import runtime.ltx2_vae as ltx2
+
+    calls = []
+    real = ltx2.reflect_padded_cat
+    monkeypatch.setattr(ltx2, "reflect_padded_cat", lambda *a: calls.append(a[2:]) or real(*a))
+    causal_ae.open_stream().decode_float(latents(2, seed=5))
+    assert calls and set(calls) == {(1, 1)}
