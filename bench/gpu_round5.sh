@@ -3,10 +3,7 @@
 # fast-accumulation / per-tensor variants (issue #11), the GDN kernels with and without the phase-A bf16
 # experiment (issue #5, launch configs swept on bf16 inputs), and the full model with phase A in bf16 (issue #10).
 # Carry .whl (diffusers). Everything lands in $OUT; copy the JSON files to bench/results with a README row each.
-set -o pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-unset TRITON_INTERPRET
+source bench/gpu_setup.sh
 {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== GPU tests (includes the phase-A bf16 error-budget test)"

@@ -8,10 +8,7 @@
 #   4. the GDN kernels with the new defaults (issue #5)
 #   5. a kernel profile of the bf16 chunk (what is left)
 # Carry .whl (diffusers). Everything lands in $OUT.
-set -o pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-unset TRITON_INTERPRET
+source bench/gpu_setup.sh
 {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== GPU tests"
