@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Round 7 (one ~8-minute call, for the next session): what session 5 changed but could not measure.
 #   1. GPU tests (the rewritten overlap-decode timing test; everything else passed in round 6)
-#   2. the LTX-2 decode alone with the fused causal-cat + reflection padding (was 113.6 ms/chunk on the H100)
+#   2. the LTX-2 decode alone with the fused causal-cat + reflection padding (was 113.6 ms/chunk on the H100),
+#      then with the channels-last experiment
 #   3. the generator alone (--no-decode) with bf16 prep outputs and bf16 phase A (issue #10: 200 ms target)
 #   4. the 60 s clip end to end with the overlapped decode (issue #10: under 12 s; round 6: 13.1 s)
 #   5. a kernel profile of the bf16 chunk
@@ -13,6 +14,8 @@ echo "== GPU tests"
 timeout 200 python3 -m pytest tests/gpu tests/unit/test_quant.py tests/unit/test_decoder.py -m gpu -q -p no:cacheprovider -rfE 2>&1 | tail -12
 echo "== LTX-2 decode alone"
 timeout 100 python3 -m bench.vae --json $OUT/vae_decode.json 2>&1 | tail -14
+echo "== LTX-2 decode alone, experiment SANA_WM_DECODER_CHANNELS_LAST=1"
+SANA_WM_DECODER_CHANNELS_LAST=1 timeout 100 python3 -m bench.vae --json $OUT/vae_decode_channels_last.json 2>&1 | tail -8
 echo "== generator alone, bf16 + compile"
 timeout 120 python3 -m runtime.cli bench --chunks 6 --warmup 3 --compile --no-decode \
   --json $OUT/bench_bf16_compile_generator.json 2>&1 | grep -v "Warn\|W12\|_warn" | tail -12

@@ -334,6 +334,31 @@ def test_streaming_decode_uses_the_fused_reflection_pad(causal_ae, monkeypatch):
 
     calls = []
     real = ltx2.reflect_padded_cat
-    monkeypatch.setattr(ltx2, "reflect_padded_cat", lambda *a: calls.append(a[2:]) or real(*a))
+    monkeypatch.setattr(ltx2, "reflect_padded_cat", lambda *a: calls.append(a[2:4]) or real(*a))
     causal_ae.open_stream().decode_float(latents(2, seed=5))
     assert calls and set(calls) == {(1, 1)}
+
+
+def test_channels_last_decoder_experiment_decodes_the_same(causal_dir, monkeypatch):
+    """SANA_WM_DECODER_CHANNELS_LAST=1 (a GPU speed experiment) changes memory layouts only: the stream decodes
+    the same frames (to fp32 rounding: the convs may sum in another order) and the padded buffers follow the
+    activations' channels-last layout."""
+    import runtime.ltx2_vae as ltx2
+
+    z = latents(4, seed=6)
+    plain = load_autoencoder(causal_dir).open_stream().decode_float(z)
+    monkeypatch.setenv("SANA_WM_DECODER_CHANNELS_LAST", "1")
+    ae = load_autoencoder(causal_dir)
+    assert ae.vae.decoder.conv_in.conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    layouts = []
+    real = ltx2.reflect_padded_cat
+
+    def spy(left, x, ph, pw, memory_format):
+        out = real(left, x, ph, pw, memory_format)
+        layouts.append(out.is_contiguous(memory_format=torch.channels_last_3d))
+        return out
+
+    monkeypatch.setattr(ltx2, "reflect_padded_cat", spy)
+    cl = ae.open_stream().decode_float(z)
+    assert any(layouts)
+    assert rel_err(cl, plain) < FP32_STREAM_REL
