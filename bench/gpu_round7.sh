@@ -16,6 +16,10 @@ echo "== LTX-2 decode alone"
 timeout 100 python3 -m bench.vae --json $OUT/vae_decode.json 2>&1 | tail -14
 echo "== LTX-2 decode alone, experiment SANA_WM_DECODER_CHANNELS_LAST=1"
 SANA_WM_DECODER_CHANNELS_LAST=1 timeout 100 python3 -m bench.vae --json $OUT/vae_decode_channels_last.json 2>&1 | tail -8
+echo "== GDN kernels: defaults, then the phase-C bf16 experiment"
+timeout 70 python3 -m bench.kernels --quick --only bidi_main16,layer_fcam16_graph --json $OUT/kernels.json 2>&1 | tail -6
+SANA_WM_GDN_PHASE_C=bf16 timeout 70 python3 -m bench.kernels --quick --only bidi_main16,layer_fcam16_graph \
+  --json $OUT/kernels_phase_c_bf16.json 2>&1 | tail -6
 echo "== generator alone, bf16 + compile"
 timeout 120 python3 -m runtime.cli bench --chunks 6 --warmup 3 --compile --no-decode \
   --json $OUT/bench_bf16_compile_generator.json 2>&1 | grep -v "Warn\|W12\|_warn" | tail -12

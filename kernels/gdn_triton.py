@@ -59,31 +59,32 @@ LAUNCH_CONFIGS: dict[str, dict[str, int]] = {
 }
 
 # Matmul precisions (see module docstring). fp32 inputs get 3xTF32 in the parallel phases (A and C), so an
-# fp32 caller gets fp32-accurate results (rel. RMS ~1e-5 instead of ~1.2e-3 with plain TF32, measured on H100);
-# bf16/fp16 inputs keep plain TF32, whose error sits below rounding the result to bf16 (and 3xTF32 would cost
-# the bf16 layer 0.57 -> 1.0 ms). The state update is written S - S A (not S W with W = I - A), so TF32
-# rounding only touches the small correction S A and does not compound over frames the way a rounded W ~ I
-# would; 3xTF32 there would double phase B's registers (128x128 operand split in two) and spill.
+# fp32 caller gets fp32-accurate results (rel. RMS ~1e-5 instead of ~1.2e-3 with plain TF32, measured on H100).
+# The state update is written S - S A (not S W with W = I - A), so TF32 rounding only touches the small
+# correction S A and does not compound over frames the way a rounded W ~ I would; 3xTF32 there would double
+# phase B's registers (128x128 operand split in two) and spill.
 # SANA_WM_GDN_PRECISION="parallel_fp32,scan" overrides them (for measuring the precision / speed trade).
 _PREC_PARALLEL, _PREC_SCAN = os.environ.get("SANA_WM_GDN_PRECISION", "tf32x3,tf32").split(",")
-_PREC_LOW_INPUTS = "tf32"
 # Phase A's Gram products for bf16 / fp16 inputs run as bf16 tensor-core dots (operands already bf16; only
 # beta * y is rounded to bf16): on the H200 the bf16 main scan took 0.159 ms instead of 0.329 ms with TF32 dots
 # on fp32 copies, at 1.2e-3 relative RMS on the fp32 scan output instead of 4e-4, below the bf16 rounding of
 # the layer's output (bench/results/2026-12-01_h200_kernels_phase_a_bf16.json). SANA_WM_GDN_PHASE_A=tf32
 # restores the TF32 products; tests/gpu checks both against the bf16 error budget.
 _PREC_PHASE_A_LOW = os.environ.get("SANA_WM_GDN_PHASE_A", "bf16")
+# EXPERIMENT (off by default, unmeasured): SANA_WM_GDN_PHASE_C=bf16 makes phase C's output product for bf16
+# inputs a bf16 tensor-core dot (the summed state rounded to bf16; q~ is bf16 already) instead of TF32 on fp32
+# copies with the state transposed in registers. Phase C was ~51 us of each ~175 us scan call in the H200 profile
+# of round 6; tests/gpu checks its error budget, bench/gpu_round7.sh times it.
+_PREC_PHASE_C_LOW = os.environ.get("SANA_WM_GDN_PHASE_C", "tf32")
 
 
-def _parallel_precision(x: Tensor) -> str:
-    return _PREC_PARALLEL if x.dtype == torch.float32 else _PREC_LOW_INPUTS
-
-
-def _phase_a_precision(x: Tensor) -> str:
+def _dot_precision(x: Tensor, low: str) -> str:
+    """A parallel phase's dot precision for inputs like `x`: 3xTF32 for fp32, else `low` ("tf32" or "bf16"); the
+    Triton interpreter (CPU tests) computes bf16 dots wrongly, so it keeps TF32 there."""
     if x.dtype == torch.float32:
         return _PREC_PARALLEL
-    # The Triton interpreter (CPU tests) computes bf16 dots wrongly: it keeps TF32 there.
-    return "tf32" if x.device.type == "cpu" else _PREC_PHASE_A_LOW
+    return "tf32" if x.device.type == "cpu" else low
+
 
 _NAN_FILL = False
 
@@ -373,7 +374,10 @@ def _gdn_phase_c_kernel(
         m_s = o_s < S
         b_qr = tl.load(p_qr_t + o_s[:, None] * stride_qrs + o_k[None, :], mask=m_s[:, None] & m_k[None, :],
                        other=0.0).to(tl.float32)
-        b_num = tl.dot(b_qr, b_Mt, input_precision=PRECISION)                    # [BLOCK_S, BV]
+        if PRECISION == "bf16":
+            b_num = tl.dot(b_qr.to(tl.bfloat16), b_Mt.to(tl.bfloat16))            # [BLOCK_S, BV]
+        else:
+            b_num = tl.dot(b_qr, b_Mt, input_precision=PRECISION)
         if HAS_Z:
             b_q = tl.load(p_q_t + o_s[:, None] * stride_qs + o_k[None, :], mask=m_s[:, None] & m_k[None, :],
                           other=0.0).to(tl.float32)
@@ -450,7 +454,7 @@ def _run(q, k, v, beta, g, q_rot, k_rot, *, do_fwd, do_bwd, initial_state, with_
     while (nrow * n_bht * n_prod < cfg["target_programs_per_sm"] * n_sm and BK // (2 * nrow) >= 16
            and BV // (2 * nrow) >= 16):
         nrow *= 2
-    prec_a = _phase_a_precision(k)
+    prec_a = _dot_precision(k, _PREC_PHASE_A_LOW)
     buf_A = _alloc((n_bht, BK, BK), device)
     buf_U = _alloc((n_bht, BV, BK), device)
     buf_Az = _alloc((n_bht, BK, BK), device) if with_z else buf_A
@@ -520,7 +524,7 @@ def _run(q, k, v, beta, g, q_rot, k_rot, *, do_fwd, do_bwd, initial_state, with_
         *q.stride()[:4], *q_rot.stride()[:4], *c_strides,
         H, T, S, DK, DV, eps,
         BLOCK_S=c_block_s, TILES=c_tiles, BK=BK, BV=BV, HAS_Z=with_z, NDIR=ndir, COMBINE=combine,
-        OUT_UCPE=out_ucpe is not None, PRECISION=_parallel_precision(q), num_warps=cfg["c_warps"],
+        OUT_UCPE=out_ucpe is not None, PRECISION=_dot_precision(q_rot, _PREC_PHASE_C_LOW), num_warps=cfg["c_warps"],
         num_stages=cfg["c_stages"],
     )
     final = (ht, zt) if output_final_state else None

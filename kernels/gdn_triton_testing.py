@@ -160,7 +160,7 @@ H100_SHARED_BYTES = 227 * 1024
 def default_resource_cases() -> list[tuple]:
     """(name, kernel, constexprs, arg types, num_warps, num_stages) of every kernel at D = 112 (BK = 128)
     with the default launch config, mirroring the choices of `gdn_triton._run` and `prep_triton`, on the model's
-    path: bf16 inputs, plain TF32. (fp32 inputs take 3xTF32 in phases A and C; phase C then spills about 0.5 KB
+    path: bf16 inputs (phase A's bf16 Gram products, phase C's TF32 unless SANA_WM_GDN_PHASE_C=bf16). (fp32 inputs take 3xTF32 in phases A and C; phase C then spills about 0.5 KB
     per thread, measured as 1.14 -> 1.48 ms for the fp32 layer on an H100, the price of fp32 accuracy.)"""
     from kernels import gdn_triton as gt
     from kernels import prep_triton as pt
@@ -171,8 +171,9 @@ def default_resource_cases() -> list[tuple]:
     for has_z in (True, False):
         for nrow in (1, 2, 8):
             cases.append((f"phase_a z={has_z} nrow={nrow}", gt._gdn_phase_a_kernel,
-                          {"BLOCK_S": cfg["a_block_s"], "BK": 128, "BV": 128, "NROW": nrow, "HAS_Z": has_z,
-                           "NUM_STAGES": cfg["a_stages"], "PRECISION": gt._PREC_LOW_INPUTS}, bf16_in,
+                          {"BLOCK_S": cfg["a_block_s_bf16" if gt._PREC_PHASE_A_LOW == "bf16" else "a_block_s"],
+                           "BK": 128, "BV": 128, "NROW": nrow, "HAS_Z": has_z, "NUM_STAGES": cfg["a_stages"],
+                           "PRECISION": gt._PREC_PHASE_A_LOW}, bf16_in,
                           cfg["a_warps"], 3))
         cases.append((f"phase_b z={has_z}", gt._gdn_phase_b_kernel,
                       {"BK": 128, "BV": 128, "BLOCK_VB": cfg["b_block_v"], "HAS_Z": has_z, "DO_FWD": True,
@@ -184,7 +185,7 @@ def default_resource_cases() -> list[tuple]:
                           {"BLOCK_S": cfg["c_block_s"] // (2 if half else 1),
                            "TILES": cfg["c_tiles"] * (2 if half else 1), "BK": 128, "BV": 128,
                            "HAS_Z": has_z, "NDIR": 2 if combine else 1, "COMBINE": combine, "OUT_UCPE": out_ucpe,
-                           "PRECISION": gt._PREC_LOW_INPUTS}, {"p_q": "*bf16", "p_qr": "*bf16"},
+                           "PRECISION": gt._PREC_PHASE_C_LOW}, {"p_q": "*bf16", "p_qr": "*bf16"},
                           cfg["c_warps"], cfg["c_stages"]))
     warps = pt._prep_warps(32 * 128)
     token = {"BLOCK_H": 32, "BLOCK_D": 128, "RELU": True}

@@ -84,6 +84,19 @@ def test_phase_a_precisions_stay_in_the_bf16_budget(monkeypatch, T, with_z, phas
     _check_bidirectional(dict(inp, with_z=with_z, output_final_state=True), torch.bfloat16, check_z=with_z)
 
 
+@pytest.mark.parametrize("with_z", [True, False], ids=["main", "camera"])
+def test_phase_c_bf16_experiment_stays_in_the_bf16_budget(monkeypatch, with_z):
+    """SANA_WM_GDN_PHASE_C=bf16 (off by default): bf16 tensor-core output products for bf16 inputs stay within
+    the bf16 budget (GPU only: the Triton interpreter's bf16 dot is wrong)."""
+    from kernels import gdn_triton
+
+    monkeypatch.setattr(gdn_triton, "_PREC_PHASE_C_LOW", "bf16")
+    inp = gdn_inputs(1, H, 3, S, D, device="cuda", dtype=torch.bfloat16, initial_state=True, seed=11)
+    if not with_z:
+        del inp["q_rot"], inp["k_rot"]
+    _check_bidirectional(dict(inp, with_z=with_z, output_final_state=True), torch.bfloat16, check_z=with_z)
+
+
 def test_camera_bidirectional_fused_inverse_ucpe():
     from kernels.gdn_triton_testing import random_rigid
 
