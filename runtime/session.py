@@ -173,9 +173,6 @@ class _SideStreamDecode:
         self.stream.synchronize()
         return out
 
-    def synchronize(self) -> None:
-        self.stream.synchronize()
-
 
 class WorldSession:
     def __init__(self, model, text, *, first_latent: Tensor, intrinsics_latent, seed: int = 0,
@@ -276,7 +273,7 @@ class WorldSession:
         else:
             x0 = denoise_chunk(self.model, noise, self.text, camera, plucker, self.cache, self.timesteps,
                                clean_first=clean_first)
-        if self._side is not None and self.decoder is not None:
+        if self._side is not None:   # only made with a decoder
             # Queue the decode first (it starts on the GPU when x0 is ready), so its kernel launches overlap
             # this chunk's generation; then wait for the generating stream only, never the side stream.
             timings: dict = {}

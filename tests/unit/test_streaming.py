@@ -218,9 +218,6 @@ class _DeferredSide:
         self.drain()
         return fn(*args)
 
-    def synchronize(self):
-        self.drain()
-
 
 def _frames_walk(session, chunks):
     return [session.step(session.next_poses(POSES)) for _ in range(chunks)]
