@@ -273,7 +273,7 @@ def build_cases(quick: bool) -> list[dict]:
             cases.append({"op": "bidi_cam", "shape": tag, "make": lambda T=T, i=init: _bidi_case(T, i, False,
                                                                                              torch.float32)})
         tag = f"T={T} state"
-        cases.append({"op": "bidi_main16", "shape": tag,
+        cases.append({"op": "bidi_main16", "shape": tag, "bf16": True,
                       "make": lambda T=T: _bidi_case(T, True, True, torch.bfloat16)})
         cases.append({"op": "scan_fwd", "shape": tag, "make": lambda T=T: _scan_case(T, True)})
         cases.append({"op": "gdn_prep", "shape": f"T={T}", "make": lambda T=T: _prep_case(T)})
@@ -289,7 +289,7 @@ def build_cases(quick: bool) -> list[dict]:
         tag = f"T={LONG_T} chunked"
         cases.append({"op": "bidi_main", "shape": tag,
                       "make": lambda: _bidi_case(LONG_T, False, True, torch.float32, chunks)})
-        cases.append({"op": "bidi_main16", "shape": tag,
+        cases.append({"op": "bidi_main16", "shape": tag, "bf16": True,
                       "make": lambda: _bidi_case(LONG_T, False, True, torch.bfloat16, chunks)})
         cases.append({"op": "bidi_cam", "shape": tag,
                       "make": lambda: _bidi_case(LONG_T, False, False, torch.float32, chunks)})
