@@ -57,13 +57,22 @@ class Timer:
 
 def count_conv_flops(ae, run) -> float:
     """FLOPs of the Conv3d layers during `run()` (2 per multiply-add); the decoder's other ops are minor."""
+    from diffusers.models.autoencoders.autoencoder_kl_ltx2 import LTX2VideoCausalConv3d
+
     total = [0.0]
 
-    def hook(module, args, out):
-        k = math.prod(module.kernel_size)
-        total[0] += 2.0 * out.numel() * (module.in_channels // module.groups) * k
+    def hook_for(conv: torch.nn.Conv3d):
+        def hook(module, args, out):
+            total[0] += 2.0 * out.numel() * (conv.in_channels // conv.groups) * math.prod(conv.kernel_size)
+        return hook
 
-    handles = [m.register_forward_hook(hook) for m in ae.vae.decoder.modules() if isinstance(m, torch.nn.Conv3d)]
+    # The stream runs the causal convs' kernels itself (F.conv3d on its padded buffer, not the inner nn.Conv3d),
+    # so those are counted at the wrapper, whose output is the conv's; plain Conv3d (shortcuts) at themselves.
+    modules = list(ae.vae.decoder.modules())
+    wrapped = {id(m.conv): m for m in modules if isinstance(m, LTX2VideoCausalConv3d)}
+    handles = [w.register_forward_hook(hook_for(w.conv)) for w in wrapped.values()]
+    handles += [m.register_forward_hook(hook_for(m)) for m in modules
+                if isinstance(m, torch.nn.Conv3d) and id(m) not in wrapped]
     try:
         run()
     finally:

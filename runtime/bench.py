@@ -193,13 +193,17 @@ def profile_chunks(new_session, step, path: str, chunks: int = 2) -> None:
     for _ in range(2):
         step(s)
     torch.cuda.synchronize()
-    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         for _ in range(chunks):
             step(s)
         torch.cuda.synchronize()
     s.close()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=60, max_name_column_width=70)
-    Path(path).write_text(f"torch.profiler over {chunks} chunks (times are totals over them)\n{table}\n")
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=90, max_name_column_width=70)
+    # The same ops split by input shapes: which GEMM, copy or elementwise op the time goes to.
+    shapes = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cuda_time_total", row_limit=60,
+                                                                max_name_column_width=40, max_shapes_column_width=90)
+    Path(path).write_text(f"torch.profiler over {chunks} chunks (times are totals over them)\n{table}\n\n"
+                          f"By input shapes (self CUDA time)\n{shapes}\n")
 
 
 def _bench_autoencoder(cfg, dev, dtype):

@@ -41,8 +41,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKLLTX2Video
-from diffusers.models.autoencoders.autoencoder_kl_ltx2 import LTX2VideoCausalConv3d, LTX2VideoUpsampler3d
+from diffusers.models.autoencoders.autoencoder_kl_ltx2 import (
+    LTX2VideoCausalConv3d,
+    LTX2VideoResnetBlock3d,
+    LTX2VideoUpsampler3d,
+    PerChannelRMSNorm,
+)
 
+from kernels.decoder_prep import conv_input
 from runtime.decoder import DecoderStream, VideoAutoencoder, check_stream_latents, uint8_frames
 from runtime.weights import IncompatibleWeightsError, MissingWeightsError
 
@@ -121,6 +127,13 @@ class LTX2Autoencoder(VideoAutoencoder):
         self.latents_std = std.to(self.device).view(1, -1, 1, 1, 1)
         self._convs = [(name, m) for name, m in vae.decoder.named_modules() if isinstance(m, LTX2VideoCausalConv3d)]
         self._upsamplers = [m for m in vae.decoder.modules() if isinstance(m, LTX2VideoUpsampler3d)]
+        # The streaming decode writes each conv's input in one pass (kernels.decoder_prep), the ResNet blocks' and
+        # conv_out's RMS norm + SiLU included, where the modules are the stock ones it knows how to fuse.
+        # SANA_WM_DECODER_FUSED_INPUT=0 keeps the norms and activations as diffusers runs them (A/B measurement).
+        fuse = os.environ.get("SANA_WM_DECODER_FUSED_INPUT", "1") != "0"
+        self._fused_resnets = [m for m in vae.decoder.modules()
+                               if fuse and isinstance(m, LTX2VideoResnetBlock3d) and _fusable_resnet(m)]
+        self._fused_output = fuse and _fusable_output(vae.decoder)
         for name, conv in self._convs:
             if conv.conv.stride[0] != 1 or conv.conv.dilation[0] != 1:
                 raise IncompatibleWeightsError(f"decoder conv {name} has temporal stride/dilation "
@@ -336,6 +349,16 @@ def _streaming_patches(ae: LTX2Autoencoder, read: dict, written: dict, *, trim_f
         for key, conv in ae._convs:
             conv.forward = functools.partial(_cached_causal_conv, conv, key, read, written)
             patched.append(conv)
+        for block in ae._fused_resnets:
+            block.forward = functools.partial(_fused_resnet, block)
+            patched.append(block)
+        if ae._fused_output:   # norm_out and conv_act move into conv_out's input
+            decoder = ae.vae.decoder
+            decoder.norm_out.forward = decoder.conv_act.forward = _identity
+            decoder.conv_out.forward = functools.partial(_cached_causal_conv, decoder.conv_out,
+                                                         _conv_key(ae, decoder.conv_out), read, written,
+                                                         norm_eps=decoder.norm_out.eps)
+            patched += [decoder.norm_out, decoder.conv_act]
         for up in ae._upsamplers:
             up.forward = functools.partial(_stream_upsample, up, trim_first)
             patched.append(up)
@@ -346,50 +369,70 @@ def _streaming_patches(ae: LTX2Autoencoder, read: dict, written: dict, *, trim_f
 
 
 def _cached_causal_conv(conv: LTX2VideoCausalConv3d, key: str, read: dict, written: dict,
-                        hidden_states: torch.Tensor, causal: bool = True) -> torch.Tensor:
+                        hidden_states: torch.Tensor, causal: bool = True, norm_eps: float | None = None) -> torch.Tensor:
+    """The conv over [cached left frames ; this chunk], its input first normalised + SiLU'd if `norm_eps` is set
+    (the fused ResNet blocks and conv_out)."""
     if not causal:
         raise RuntimeError("cached streaming runs the decoder causally only")
     k = conv.kernel_size[0]
-    if k == 1:
-        return conv.conv(hidden_states)
-    left = read.get(key)
-    if left is None:  # the stream's first chunk: pad with copies of the first frame, as diffusers does
-        left = hidden_states[:, :, :1].expand(-1, -1, k - 1, -1, -1)
     inner = conv.conv
-    _, ph, pw = inner.padding
-    if inner.padding_mode != "reflect" or inner.padding[0] != 0 or (ph == 0 and pw == 0):
-        x = torch.cat([left, hidden_states], dim=2)
-        written[key] = x[:, :, x.shape[2] - (k - 1):].clone()  # a copy, so the chunk's activations can be freed
+    if k == 1:
+        x = hidden_states if norm_eps is None else conv_input(hidden_states, None, pad_frames=0, ph=0, pw=0,
+                                                              norm_eps=norm_eps)
         return inner(x)
-    # The decoder's convs reflect-pad H and W: build the temporally concatenated, spatially padded input in one
-    # buffer, then convolve without padding (what nn.Conv3d does after its own F.pad, so the result is the
-    # same). Saves a full copy and PyTorch's reflection_pad3d kernel (30 ms per chunk on an H200).
-    # The buffer takes the weight's layout: channels-last weights (the experiment above) get channels-last input.
+    left = read.get(key)   # None on the stream's first chunk: copies of the first frame, as diffusers pads
+    _, ph, pw = inner.padding
+    reflect = inner.padding_mode == "reflect" and inner.padding[0] == 0
+    # Reflection padding goes into the input buffer, and the conv runs without padding (what nn.Conv3d does
+    # after its own F.pad, so the result is the same): saves a full copy and PyTorch's reflection_pad3d kernel
+    # (30 ms per chunk on an H200). The buffer takes the weight's layout: channels-last weights (the experiment
+    # above) get channels-last input.
     layout = torch.channels_last_3d if inner.weight.is_contiguous(memory_format=torch.channels_last_3d) and \
         not inner.weight.is_contiguous() else torch.contiguous_format
-    x = reflect_padded_cat(left, hidden_states, ph, pw, layout)
-    written[key] = x[:, :, x.shape[2] - (k - 1):, ph:x.shape[3] - ph, pw:x.shape[4] - pw].clone()
-    return F.conv3d(x, inner.weight, inner.bias, inner.stride, 0, inner.dilation, inner.groups)
+    x = conv_input(hidden_states, left, pad_frames=k - 1, ph=ph if reflect else 0, pw=pw if reflect else 0,
+                   norm_eps=norm_eps, memory_format=layout)
+    bh, bw = (ph, pw) if reflect else (0, 0)
+    # The cache is a copy, so the chunk's activations can be freed.
+    written[key] = x[:, :, x.shape[2] - (k - 1):, bh:x.shape[3] - bh, bw:x.shape[4] - bw].clone()
+    if reflect:
+        return F.conv3d(x, inner.weight, inner.bias, inner.stride, 0, inner.dilation, inner.groups)
+    return inner(x)
 
 
-def reflect_padded_cat(left: torch.Tensor, x: torch.Tensor, ph: int, pw: int,
-                       memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """F.pad(torch.cat([left, x], dim=2), (pw, pw, ph, ph), mode="reflect") for [B, C, T, H, W] tensors, written
-    into one buffer (in `memory_format`): the interior once, then the reflected border rows and columns."""
-    b, c, t0, h, w = left.shape
-    t = t0 + x.shape[2]
-    if not (ph < h and pw < w):
-        raise ValueError(f"reflection padding ({ph}, {pw}) needs a frame larger than that, got {h}x{w}")
-    out = torch.empty(b, c, t, h + 2 * ph, w + 2 * pw, dtype=x.dtype, device=x.device, memory_format=memory_format)
-    out[:, :, :t0, ph:ph + h, pw:pw + w] = left
-    out[:, :, t0:, ph:ph + h, pw:pw + w] = x
-    for i in range(1, ph + 1):   # rows (interior columns): padded row ph - i mirrors row ph + i
-        out[:, :, :, ph - i, pw:pw + w] = out[:, :, :, ph + i, pw:pw + w]
-        out[:, :, :, ph + h - 1 + i, pw:pw + w] = out[:, :, :, ph + h - 1 - i, pw:pw + w]
-    for j in range(1, pw + 1):   # then columns over all rows, which also fills the corners
-        out[..., pw - j] = out[..., pw + j]
-        out[..., pw + w - 1 + j] = out[..., pw + w - 1 - j]
-    return out
+def _identity(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    return x
+
+
+def _conv_key(ae: LTX2Autoencoder, conv: LTX2VideoCausalConv3d) -> str:
+    return next(key for key, c in ae._convs if c is conv)
+
+
+def _fusable_resnet(block: LTX2VideoResnetBlock3d) -> bool:
+    """Whether `_fused_resnet` computes what diffusers' forward does for this block: no timestep conditioning, no
+    noise injection, RMS norms over channels then SiLU in front of both causal convs."""
+    return (block.scale_shift_table is None and block.per_channel_scale1 is None
+            and block.per_channel_scale2 is None and isinstance(block.nonlinearity, torch.nn.SiLU)
+            and all(isinstance(n, PerChannelRMSNorm) and n.channel_dim == 1 for n in (block.norm1, block.norm2))
+            and all(isinstance(c, LTX2VideoCausalConv3d) for c in (block.conv1, block.conv2)))
+
+
+def _fusable_output(decoder) -> bool:
+    return (decoder.time_embedder is None and isinstance(decoder.conv_act, torch.nn.SiLU)
+            and isinstance(decoder.norm_out, PerChannelRMSNorm) and decoder.norm_out.channel_dim == 1
+            and isinstance(decoder.conv_out, LTX2VideoCausalConv3d))
+
+
+def _fused_resnet(block: LTX2VideoResnetBlock3d, inputs: torch.Tensor, temb=None, generator=None,
+                  causal: bool = True) -> torch.Tensor:
+    # diffusers' LTX2VideoResnetBlock3d.forward for the blocks `_fusable_resnet` accepts, each norm + SiLU done
+    # inside the next conv's input pass (the convs are the stream's patched ones; dropout is off in eval).
+    hidden = block.conv1(inputs, causal=causal, norm_eps=block.norm1.eps)
+    hidden = block.conv2(hidden, causal=causal, norm_eps=block.norm2.eps)
+    if block.norm3 is not None:
+        inputs = block.norm3(inputs.movedim(1, -1)).movedim(-1, 1)
+    if block.conv_shortcut is not None:
+        inputs = block.conv_shortcut(inputs)
+    return hidden + inputs
 
 
 def _stream_upsample(up: LTX2VideoUpsampler3d, trim_first: bool, hidden_states: torch.Tensor,

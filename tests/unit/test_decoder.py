@@ -316,7 +316,7 @@ def test_image_loading_and_first_frame_encode(causal_ae, tmp_path):
 
 @pytest.mark.parametrize("ph,pw", [(1, 1), (2, 1), (1, 3)])
 def test_reflect_padded_cat_equals_cat_then_reflection_pad(ph, pw):
-    from runtime.ltx2_vae import reflect_padded_cat
+    from kernels.decoder_prep import reflect_padded_cat
 
     g = torch.Generator().manual_seed(ph * 10 + pw)
     x = torch.randn(2, 3, 4, 5, 7, generator=g)
@@ -327,23 +327,62 @@ def test_reflect_padded_cat_equals_cat_then_reflection_pad(ph, pw):
         reflect_padded_cat(x, x, 5, 1)
 
 
-def test_streaming_decode_uses_the_fused_reflection_pad(causal_ae, monkeypatch):
-    """The tiny decoder's 3x3x3 convs reflect-pad, so the stream goes through `reflect_padded_cat` (its output
-    equals the whole-video decode: test_streaming_equals_whole_video_decode)."""
+def _spy_conv_inputs(monkeypatch, impl: str = "auto") -> list:
+    """Record (ph, pw, normalised?) of every conv input the stream builds, running `conv_input` with `impl`."""
     import runtime.ltx2_vae as ltx2
+    from kernels.decoder_prep import conv_input
 
     calls = []
-    real = ltx2.reflect_padded_cat
-    monkeypatch.setattr(ltx2, "reflect_padded_cat", lambda *a: calls.append(a[2:4]) or real(*a))
+
+    def spy(x, left, **kw):
+        calls.append((kw["ph"], kw["pw"], kw["norm_eps"] is not None))
+        return conv_input(x, left, impl=impl, **kw)
+
+    monkeypatch.setattr(ltx2, "conv_input", spy)
+    return calls
+
+
+def test_streaming_decode_fuses_norms_and_padding_into_conv_inputs(causal_ae, monkeypatch):
+    """Every temporal conv of the tiny decoder reflect-pads, so each gets its input from one `conv_input` call
+    with the padding inside; the ResNet blocks' two norms + SiLU and the output norm + SiLU go in there too."""
+    calls = _spy_conv_inputs(monkeypatch)
     causal_ae.open_stream().decode_float(latents(2, seed=5))
-    assert calls and set(calls) == {(1, 1)}
+    resnets = len(causal_ae._fused_resnets)
+    assert resnets > 0 and causal_ae._fused_output
+    assert len(calls) == len(causal_ae._convs) and {c[:2] for c in calls} == {(1, 1)}
+    assert sum(c[2] for c in calls) == 2 * resnets + 1
+
+
+def test_fused_conv_inputs_decode_like_diffusers_modules(causal_dir, monkeypatch):
+    """SANA_WM_DECODER_FUSED_INPUT=0 leaves the norms and SiLUs to diffusers' modules: the same frames to fp32
+    rounding, and nothing is normalised inside the conv inputs."""
+    z = latents(4, seed=7)
+    fused = load_autoencoder(causal_dir).open_stream().decode_float(z)
+    monkeypatch.setenv("SANA_WM_DECODER_FUSED_INPUT", "0")
+    ae = load_autoencoder(causal_dir)
+    assert not ae._fused_resnets and not ae._fused_output
+    calls = _spy_conv_inputs(monkeypatch)
+    plain = ae.open_stream().decode_float(z)
+    assert calls and not any(c[2] for c in calls)
+    assert rel_err(fused, plain) < FP32_STREAM_REL
+
+
+def test_streaming_decode_through_the_triton_conv_inputs(causal_ae, monkeypatch):
+    """The whole stream with the Triton kernel (the interpreter on CPU) still equals diffusers' whole-video
+    decode, chunk boundaries and first-chunk padding included."""
+    calls = _spy_conv_inputs(monkeypatch, impl="triton")
+    z = latents(4, seed=8)
+    whole = causal_ae.decode_reference(z)
+    stream = causal_ae.open_stream()
+    streamed = torch.cat([stream.decode_float(z[:, :, :1]), stream.decode_float(z[:, :, 1:4])], dim=2)
+    assert calls and rel_err(streamed, whole) < FP32_STREAM_REL
 
 
 def test_channels_last_decoder_experiment_decodes_the_same(causal_dir, monkeypatch):
     """SANA_WM_DECODER_CHANNELS_LAST=1 (a GPU speed experiment) changes memory layouts only: the stream decodes
     the same frames (to fp32 rounding: the convs may sum in another order) and the padded buffers follow the
     activations' channels-last layout."""
-    import runtime.ltx2_vae as ltx2
+    from kernels import decoder_prep
 
     z = latents(4, seed=6)
     plain = load_autoencoder(causal_dir).open_stream().decode_float(z)
@@ -351,14 +390,14 @@ def test_channels_last_decoder_experiment_decodes_the_same(causal_dir, monkeypat
     ae = load_autoencoder(causal_dir)
     assert ae.vae.decoder.conv_in.conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
     layouts = []
-    real = ltx2.reflect_padded_cat
+    real = decoder_prep.reflect_padded_cat
 
     def spy(left, x, ph, pw, memory_format):
         out = real(left, x, ph, pw, memory_format)
         layouts.append(out.is_contiguous(memory_format=torch.channels_last_3d))
         return out
 
-    monkeypatch.setattr(ltx2, "reflect_padded_cat", spy)
+    monkeypatch.setattr(decoder_prep, "reflect_padded_cat", spy)
     cl = ae.open_stream().decode_float(z)
     assert any(layouts)
     assert rel_err(cl, plain) < FP32_STREAM_REL
