@@ -88,7 +88,10 @@ def conv_input(x: Tensor, left: Tensor | None, *, pad_frames: int, ph: int, pw: 
     x [B, C, T, H, W]: this chunk's activations; left [B, C, pad_frames, H, W] (already activated) or None for
     copies of act(x)'s first frame; norm_eps: apply the RMS norm + SiLU to x with this eps (None: copy x as is).
     """
-    if use_triton(x, impl):
+    # "auto" runs the kernel for channels-last buffers only: channels-first, its reflected column reads do not
+    # vectorise and it measured slower than PyTorch's slice copies (H200, round 8: 122.4 vs 84.5 ms per decoded
+    # chunk); channels-last it reads whole channel rows (57.7 ms per chunk with cuDNN's NDHWC convs).
+    if use_triton(x, impl) and (impl == "triton" or memory_format == torch.channels_last_3d):
         from kernels.decoder_prep_triton import conv_input_triton
 
         _check(x, left, pad_frames, ph, pw)
