@@ -179,13 +179,13 @@ class SoftmaxAttention(CameraAttention):
         qc, kc, vc = (t.flatten(2, 3).to(dtype) for t in (qp, kp, vp))
         if cache is not None:
             km_all, vm_all, kc_all, vc_all = cache.context(km, vm, kc, vc)
-            if ctx.write_cache:
-                cache.write(km, vm, kc, vc)
         else:
             km_all, vm_all, kc_all, vc_all = km, vm, kc, vc
         mask = ctx.softmax_mask
         main = F.scaled_dot_product_attention(qm, km_all, vm_all, attn_mask=mask, scale=self.main_scale)
         cam = F.scaled_dot_product_attention(qc, kc_all, vc_all, attn_mask=mask, scale=self.cam_scale)
+        if cache is not None and ctx.write_cache:
+            cache.write(km, vm, kc, vc)   # after the attention: the context may be a view of the slots it overwrites
         cam = ucpe_prep(cam.unflatten(2, (T, S)), ctx.rays, *ctx.cam_rope, "out")
         cam = self.out_proj_cam(_tokens(cam).to(dtype))
         return self.combine(x, _tokens(main.unflatten(2, (T, S))), cam)

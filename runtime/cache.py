@@ -40,9 +40,21 @@ class SoftmaxBlockCache:
     ring_tokens: list[int] = field(default_factory=list)   # valid tokens per slot, 0 = empty
     ring_age: list[int] = field(default_factory=list)      # chunk index held by each slot, -1 = empty
     chunks_written: int = 0
+    packed: Tensor | None = None
+    """[4, B, H, sink + ring + current tokens, D]: when set, `sink` and `ring` are views of its first regions
+    and the current chunk's K/V has the region after them, so a full cache is attended as one slice of it."""
 
     def context(self, km: Tensor, vm: Tensor, kc: Tensor, vc: Tensor) -> tuple[Tensor, ...]:
-        """Keys / values to attend: cached chunks followed by the current chunk's, per stream."""
+        """Keys / values to attend: cached chunks and the current chunk's, per stream. Softmax attention
+        without a mask does not depend on the order of the keys, so the slots may come in any order."""
+        base = self._packed_tokens()
+        if base is not None and base + km.shape[2] <= self.packed.shape[3]:
+            # Steady state: write the current K/V behind the cached ones and attend one slice; no copy of the
+            # cached tokens (the concatenation below copies all of them for every pass).
+            n = km.shape[2]
+            for i, t in enumerate((km, vm, kc, vc)):
+                self.packed[i, :, :, base:base + n].copy_(t)
+            return tuple(self.packed[:, :, :, :base + n].unbind(0))
         parts = []
         if self.sink is not None and self.sink_tokens:
             parts.append(self.sink[:, :, :, : self.sink_tokens])
@@ -51,6 +63,17 @@ class SoftmaxBlockCache:
         current = torch.stack([km, vm, kc, vc])
         allkv = torch.cat(parts + [current], dim=3) if parts else current
         return tuple(allkv.unbind(0))
+
+    def _packed_tokens(self) -> int | None:
+        """The cached token count when the sink and every ring slot are full (the packed layout is then one
+        contiguous run of tokens), else None."""
+        if self.packed is None:
+            return None
+        sink_cap = 0 if self.sink is None else self.sink.shape[3]
+        slot_cap = self.ring.shape[4]
+        if self.sink_tokens != sink_cap or any(n != slot_cap for n in self.ring_tokens):
+            return None
+        return sink_cap + slot_cap * len(self.ring_tokens)
 
     def claim(self, tokens: int) -> int:
         """Bookkeeping of a write: where this chunk's K/V go (-1 = the sink), advancing the ring.
@@ -83,6 +106,8 @@ class SoftmaxBlockCache:
         return (self.sink is None or self.sink_tokens > 0) and all(self.ring_tokens)
 
     def tensors(self) -> dict[str, Tensor]:
+        if self.packed is not None:   # sink and ring live inside it
+            return {"packed": self.packed, "tconv": self.tconv}
         out = {"ring": self.ring, "tconv": self.tconv}
         if self.sink is not None:
             out["sink"] = self.sink
@@ -101,11 +126,17 @@ class StreamCache:
         for i in range(cfg.depth):
             tconv = torch.zeros(batch, S, C, device=device, dtype=dtype)
             if i in cfg.softmax_blocks:
-                sink = (torch.zeros(4, batch, H, cfg.first_chunk_size * S, D, device=device, dtype=dtype)
-                        if cfg.sink else None)
-                ring = torch.zeros(ring_slots, 4, batch, H, slot_frames * S, D, device=device, dtype=dtype)
+                # One buffer: [sink | ring slot 0 | slot 1 | ... | current chunk] along the tokens.
+                sink_tokens = cfg.first_chunk_size * S if cfg.sink else 0
+                slot_tokens = slot_frames * S
+                current = max(cfg.chunk_size, cfg.first_chunk_size) * S
+                packed = torch.zeros(4, batch, H, sink_tokens + ring_slots * slot_tokens + current, D,
+                                     device=device, dtype=dtype)
+                sink = packed[:, :, :, :sink_tokens] if cfg.sink else None
+                ring = packed[:, :, :, sink_tokens:sink_tokens + ring_slots * slot_tokens].unflatten(
+                    3, (ring_slots, slot_tokens)).permute(3, 0, 1, 2, 4, 5)        # [slots, 4, B, H, tokens, D]
                 self.blocks.append(SoftmaxBlockCache(sink, ring, tconv, S, ring_tokens=[0] * ring_slots,
-                                                     ring_age=[-1] * ring_slots))
+                                                     ring_age=[-1] * ring_slots, packed=packed))
             else:
                 f32 = dict(device=device, dtype=torch.float32)
                 self.blocks.append(GDNBlockCache(

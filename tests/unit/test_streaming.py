@@ -275,3 +275,25 @@ def test_deferred_decodes_keep_order_across_snapshot_restore_and_close(tiny, tin
     assert all(np.array_equal(a, b) for a, b in zip(got, plain))
     assert all(np.array_equal(a.frames, b) for a, b in zip(replay, plain[2:]))
     assert {"generate_ms", "decode_ms", "total_ms"} <= set(replay[1].timings)
+
+
+def test_full_softmax_cache_is_attended_in_place(tiny):
+    """Once the sink and the ring are full, a softmax block attends one slice of its packed K/V buffer: the
+    current chunk's K/V are written behind the cached ones and nothing cached is copied (the concatenation of the
+    filling phase copied all of it every pass). test_streaming_equals_chunk_causal_forward checks the results."""
+    x, ts, text, cam, plk = random_inputs(tiny, 7, seed=3)
+    cache = tiny.new_cache()
+    with torch.no_grad():
+        for s, e in chunk_ranges(7, 4, 3):
+            tiny(x[:, :, s:e], torch.zeros(1, e - s), text, cam[:, s:e], plk[:, :, s:e], cache=cache,
+                 write_cache=True)
+    block = next(b for b in cache.blocks if isinstance(b, SoftmaxBlockCache))
+    assert block.full
+    cached = torch.cat([block.sink[:, :, :, :block.sink_tokens], block.ring[0]], dim=3).clone()
+    B, H, D = cached.shape[1], cached.shape[2], cached.shape[4]
+    current = [torch.randn(B, H, 3 * block.tokens_per_frame, D) for _ in range(4)]
+    context = block.context(*current)
+    n = cached.shape[3]
+    for i, t in enumerate(context):
+        assert t.data_ptr() == block.packed[i].data_ptr()
+        assert torch.equal(t[:, :, :n], cached[i]) and torch.equal(t[:, :, n:], current[i])
