@@ -43,6 +43,14 @@ class SoftmaxBlockCache:
     packed: Tensor | None = None
     """[4, B, H, sink + ring + current tokens, D]: when set, `sink` and `ring` are views of its first regions
     and the current chunk's K/V has the region after them, so a full cache is attended as one slice of it."""
+    write_slot: int | None = None
+    """Where the next chunk's K/V go: -1 = the sink, i = ring slot i, None = nowhere (no sink, no ring). Kept
+    up to date by `claim` (outside the compiled blocks), so `write` reads one int that stays the same from chunk
+    to chunk in steady state and a compiled block does not recompile on the ring's bookkeeping."""
+
+    def __post_init__(self) -> None:
+        if self.write_slot is None:
+            self.write_slot = self._slot_for_next_write()
 
     def context(self, km: Tensor, vm: Tensor, kc: Tensor, vc: Tensor) -> tuple[Tensor, ...]:
         """Keys / values to attend: cached chunks and the current chunk's, per stream. Softmax attention
@@ -75,26 +83,32 @@ class SoftmaxBlockCache:
             return None
         return sink_cap + slot_cap * len(self.ring_tokens)
 
-    def claim(self, tokens: int) -> int:
-        """Bookkeeping of a write: where this chunk's K/V go (-1 = the sink), advancing the ring.
-
-        Separate from the copy so a replayed CUDA graph (whose copies are baked in) keeps the same records."""
+    def _slot_for_next_write(self) -> int | None:
         if self.sink is not None and self.chunks_written == 0:
-            slot = -1
+            return -1
+        if self.ring_age:   # an empty slot, else the oldest chunk's
+            return self.ring_age.index(-1) if -1 in self.ring_age else self.ring_age.index(min(self.ring_age))
+        return None
+
+    def claim(self, tokens: int) -> int | None:
+        """Bookkeeping of a chunk's write (after its cache pass ran `write`): returns the slot its K/V went to
+        (-1 = the sink) and advances the ring. Separate from the copy so a replayed CUDA graph (whose copies are
+        baked in) keeps the same records."""
+        slot = self.write_slot
+        if slot == -1:
             self.sink_tokens = tokens
-        elif self.ring_age:
-            slot = self.ring_age.index(-1) if -1 in self.ring_age else self.ring_age.index(min(self.ring_age))
+        elif slot is not None:
             self.ring_tokens[slot] = tokens
             self.ring_age[slot] = self.chunks_written
-        else:
-            slot = None
         self.chunks_written += 1
+        self.write_slot = self._slot_for_next_write()
         return slot
 
     def write(self, km: Tensor, vm: Tensor, kc: Tensor, vc: Tensor) -> None:
+        """Copy this chunk's K/V into `write_slot`; the caller then `claim`s it (StreamCache.commit_chunk)."""
         current = torch.stack([km, vm, kc, vc])
+        slot = self.write_slot
         n = current.shape[3]
-        slot = self.claim(n)
         if slot == -1:
             self.sink[:, :, :, :n].copy_(current)
         elif slot is not None:
@@ -154,15 +168,13 @@ class StreamCache:
         kv = [b for b in self.blocks if isinstance(b, SoftmaxBlockCache)]
         return all(b.full and len(b.ring_tokens) <= 1 for b in kv)
 
-    def replay_bookkeeping(self, frames: int) -> None:
-        """The Python-side records of one chunk's cache pass (its tensor copies ran inside a graph)."""
+    def commit_chunk(self, frames: int) -> None:
+        """The Python-side records of one chunk's cache pass, after its tensor copies ran (in the blocks' `write`,
+        eagerly or inside a replayed CUDA graph): the softmax blocks' slots and the walk's position."""
         S = self.cfg.tokens_per_frame
         for b in self.blocks:
             if isinstance(b, SoftmaxBlockCache):
                 b.claim(frames * S)
-        self.advance(frames)
-
-    def advance(self, frames: int) -> None:
         self.chunks_done += 1
         self.frames_done += frames
 
@@ -186,5 +198,6 @@ class StreamCache:
             if isinstance(b, SoftmaxBlockCache):
                 b.sink_tokens, ring_tokens, ring_age, b.chunks_written = entry["meta"]
                 b.ring_tokens, b.ring_age = list(ring_tokens), list(ring_age)
+                b.write_slot = b._slot_for_next_write()
         self.chunks_done = snap["chunks_done"]
         self.frames_done = snap["frames_done"]

@@ -129,7 +129,7 @@ class SanaWorldModel(nn.Module):
         caches = cache.blocks if cache is not None else [None] * len(self.blocks)
         v = self.forward_in_context(x, timestep, plucker, text.kv, text.bias, ctx, caches)
         if write_cache:
-            cache.advance(T)
+            cache.commit_chunk(T)
         return v
 
     def forward_in_context(self, x: Tensor, timestep: Tensor, plucker: Tensor, text_kv, text_bias, ctx,
@@ -151,11 +151,22 @@ class SanaWorldModel(nn.Module):
         return out.permute(0, 3, 1, 2).reshape(B, self.cfg.in_channels, T, h, w)
 
 
-def compile_blocks(model: SanaWorldModel) -> SanaWorldModel:
+# Compiled variants of the one `SanaWMBlock.forward` code object that all blocks share: {GDN, softmax} x {first
+# chunk, later chunks} x {denoising pass, cache pass} x the softmax caches' filling states (empty, sink, full).
+# That is more than dynamo's default limit of 8, past which it silently runs the remaining variants eagerly
+# (until session 6 the softmax blocks' steady-state step ran uncompiled that way).
+BLOCK_RECOMPILE_LIMIT = 64
+
+
+def compile_blocks(model: SanaWorldModel, backend="inductor") -> SanaWorldModel:
     """torch.compile each block (fuses the many small elementwise ops of norms, RoPE, UCPE, gates and the
-    temporal convs). Shapes are static per chunk kind, so each block compiles a few times at most."""
+    temporal convs). Shapes are static per chunk kind, so each block kind compiles a few times at most and a
+    steady-state chunk compiles nothing (tests/unit/test_compile.py)."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, BLOCK_RECOMPILE_LIMIT)
     for blk in model.blocks:
-        blk.forward = torch.compile(blk.forward, dynamic=False)
+        blk.forward = torch.compile(blk.forward, dynamic=False, backend=backend)
     return model
 
 

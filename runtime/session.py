@@ -326,7 +326,7 @@ class WorldSession:
         st["plucker"].copy_(plucker)
         st["positions"].copy_(torch.arange(self.cache.frames_done, self.cache.frames_done + T))
         self._graph.replay()
-        self.cache.replay_bookkeeping(T)
+        self.cache.commit_chunk(T)
         return self._graph_out.clone()
 
     # ------------------------------------------------------------------------------------------------
