@@ -51,18 +51,20 @@ class GLUMBConvTemp(nn.Module):
         return y + self.temporal_mix(y, chunks, left_frame, cache_out)
 
     def temporal_mix(self, y: Tensor, chunks, left_frame, cache_out) -> Tensor:
-        w = _conv_weight(self.t_conv, y.dtype)[..., 0]              # [C_out, C_in, 3]
-        prev = torch.zeros_like(y)
-        nxt = torch.zeros_like(y)
-        prev[:, 1:] = y[:, :-1]
-        if left_frame is not None:
-            prev[:, 0] = left_frame.to(y.dtype)
-        nxt[:, :-1] = y[:, 1:]
-        for _, end in chunks:
+        B, T, S, C = y.shape
+        w = _conv_weight(self.t_conv, y.dtype)                      # [C_out, C_in, 3, 1]
+        zero = y.new_zeros(B, 1, S, C)
+        prev = torch.cat([zero if left_frame is None else left_frame[:, None].to(y.dtype), y[:, :-1]], dim=1)
+        nxt = torch.cat([y[:, 1:], zero], dim=1)
+        for _, end in chunks[:-1]:
             nxt[:, end - 1] = 0                                     # no look-ahead past a chunk end
         if cache_out is not None:
             cache_out.copy_(y[:, -1])
-        return prev @ w[:, :, 0].T + y @ w[:, :, 1].T + nxt @ w[:, :, 2].T
+        # One GEMM over the three taps: [prev, y, next] interleaved per channel is the (C_in, tap) order of the
+        # conv weight, so its [C_out, C_in * 3] view needs no copy (three GEMMs on w[:, :, k] each copied a
+        # strided C x C weight per call).
+        taps = torch.stack([prev, y, nxt], dim=-1).flatten(-2)      # [B, T, S, C * 3]
+        return taps @ w.reshape(w.shape[0], -1).T
 
 
 def _conv_weight(conv: nn.Module, dtype: torch.dtype) -> Tensor:

@@ -138,3 +138,33 @@ def test_config_is_frozen():
     cfg = load_config("tiny-world")
     with pytest.raises(Exception):
         cfg.depth = 3
+
+
+def test_ffn_temporal_mix_is_the_chunk_causal_temporal_conv():
+    """GLUMBConvTemp.temporal_mix (one GEMM over the interleaved taps) equals the (3, 1) Conv2d over frames run
+    per chunk, zero past each chunk's end, with the streamed left frame (or zeros) before the first frame; and it
+    hands the last frame to the cache."""
+    import torch.nn.functional as F
+
+    from runtime.ffn import GLUMBConvTemp
+
+    torch.manual_seed(0)
+    B, T, S, C = 2, 7, 5, 6
+    ffn = GLUMBConvTemp(C, 8)
+    torch.nn.init.normal_(ffn.t_conv.weight)
+    y = torch.randn(B, T, S, C)
+    left = torch.randn(B, S, C)
+    chunks = ((0, 4), (4, 7))
+    cache_out = torch.empty(B, S, C)
+    got = ffn.temporal_mix(y, chunks, left, cache_out)
+
+    def conv(frames, before):   # frames [B, t, S, C] -> the conv over [before, frames, 0]
+        x = torch.cat([before[:, None], frames, torch.zeros_like(frames[:, :1])], dim=1)
+        out = F.conv2d(x.permute(0, 3, 1, 2), ffn.t_conv.weight)     # [B, C, t, S]
+        return out.permute(0, 2, 3, 1)
+
+    want = torch.cat([conv(y[:, :4], left), conv(y[:, 4:], y[:, 3])], dim=1)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert torch.equal(cache_out, y[:, -1])
+    no_left = ffn.temporal_mix(y[:, :4], ((0, 4),), None, None)
+    assert torch.allclose(no_left, conv(y[:, :4], torch.zeros_like(left)), atol=1e-5)
