@@ -24,14 +24,15 @@ class SanaWMBlock(nn.Module):
         self.cross_attn = MultiHeadCrossAttention(C, cfg.num_heads)
         self.mlp = GLUMBConvTemp(C, cfg.mlp_hidden, cfg.t_kernel_size)
 
-    def forward(self, x: Tensor, t0: Tensor, plucker_emb: Tensor, text_kv: tuple[Tensor, Tensor],
+    def forward(self, x: Tensor, t0: Tensor, plucker_term: Tensor, text_kv: tuple[Tensor, Tensor],
                 text_bias: Tensor, ctx: FrameContext, cache=None) -> Tensor:
-        """x [B, T, S, C]; t0 [B, T, 6, C] per-frame modulation; plucker_emb [B, T, S, C]."""
+        """x [B, T, S, C]; t0 [B, T, 6, C] per-frame modulation; plucker_term [B, T, S, C]: this block's
+        `plucker_proj` of the embedded ray maps (SanaWorldModel.plucker_terms, once per chunk)."""
         B, T, S, C = x.shape
         mods = (self.scale_shift_table[None, None] + t0).unbind(2)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (m[:, :, None] for m in mods)
         x = x + gate_msa * self.attn(modulate(layer_norm(x), shift_msa, scale_msa), ctx, cache)
-        x = x + self.plucker_proj(plucker_emb)
+        x = x + plucker_term
         x = x + self.cross_attn(x.reshape(B, T * S, C), None, text_bias, kv=text_kv).view(B, T, S, C)
         left = None if cache is None else cache.tconv
         out = None if cache is None or not ctx.write_cache else cache.tconv

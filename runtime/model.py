@@ -85,7 +85,7 @@ class SanaWorldModel(nn.Module):
     def forward(self, x: Tensor, timestep: Tensor, text: TextContext, camera: Tensor, plucker: Tensor, *,
                 chunks: tuple[tuple[int, int], ...] | None = None, frame_offset: int | None = None,
                 cache: StreamCache | None = None, write_cache: bool = False,
-                positions: Tensor | None = None) -> Tensor:
+                positions: Tensor | None = None, plucker_terms: list[Tensor] | None = None) -> Tensor:
         """Predict the flow velocity v = noise - x0.
 
         Args:
@@ -101,6 +101,8 @@ class SanaWorldModel(nn.Module):
             write_cache: store this chunk's state in `cache` (the clean pass at t = 0).
             positions: [T] absolute latent frame indices as a device tensor (instead of frame_offset), so that a
                 captured CUDA graph reads the positions of each replay from a buffer.
+            plucker_terms: `plucker_terms(plucker)` when the caller has it already (the passes of one chunk share
+                it), else computed here.
         Returns:
             [B, Cin, T, h, w] velocity.
         """
@@ -127,26 +129,34 @@ class SanaWorldModel(nn.Module):
             mask = softmax_chunk_mask(chunks, h * w, cfg.sink, recent, x.device)
         ctx = FrameContext(chunks, (h, w), rope, cam_rope, rays, mask, write_cache)
         caches = cache.blocks if cache is not None else [None] * len(self.blocks)
-        v = self.forward_in_context(x, timestep, plucker, text.kv, text.bias, ctx, caches)
+        v = self.forward_in_context(x, timestep, plucker, text.kv, text.bias, ctx, caches, plucker_terms)
         if write_cache:
             cache.commit_chunk(T)
         return v
 
+    def plucker_terms(self, plucker: Tensor) -> list[Tensor]:
+        """Each block's Plucker-ray term [B, T, S, C] (the embedded 48-channel ray maps through the block's
+        `plucker_proj`, added after its attention): the same for every denoising pass of a chunk."""
+        dtype = self.x_embedder.proj.weight.dtype
+        plucker_emb = self.plucker_embedder(plucker.to(dtype))
+        return [blk.plucker_proj(plucker_emb) for blk in self.blocks]
+
     def forward_in_context(self, x: Tensor, timestep: Tensor, plucker: Tensor, text_kv, text_bias, ctx,
-                           caches) -> Tensor:
+                           caches, plucker_terms: list[Tensor] | None = None) -> Tensor:
         """The network once the frame context (RoPE, rays, mask) is built: embedders, every block with its
         cache (or None), final layer. Shared by `forward` and the ONNX export's pure-function step.
 
         text_kv: per block (K, V) of the text; caches: per block cache objects the blocks read and update in
-        place. Returns the velocity [B, Cin, T, h, w]."""
+        place; plucker_terms: `plucker_terms(plucker)` if already computed. Returns the velocity [B, Cin, T, h, w]."""
         B, _, T, h, w = x.shape
         dtype = self.x_embedder.proj.weight.dtype
         tokens = self.x_embedder(x.to(dtype))                                  # [B, T, S, C]
         t_emb = self.t_embedder(timestep)                                       # [B, T, C]
         t0 = self.t_block(t_emb).unflatten(-1, (6, self.cfg.hidden_size))      # [B, T, 6, C]
-        plucker_emb = self.plucker_embedder(plucker.to(dtype))
-        for blk, kv, block_cache in zip(self.blocks, text_kv, caches, strict=True):
-            tokens = blk(tokens, t0, plucker_emb, kv, text_bias, ctx, block_cache)
+        if plucker_terms is None:
+            plucker_terms = self.plucker_terms(plucker)
+        for blk, kv, block_cache, ray_term in zip(self.blocks, text_kv, caches, plucker_terms, strict=True):
+            tokens = blk(tokens, t0, ray_term, kv, text_bias, ctx, block_cache)
         out = self.final_layer(tokens, t_emb)                                  # [B, T, S, Cin]
         return out.permute(0, 3, 1, 2).reshape(B, self.cfg.in_channels, T, h, w)
 

@@ -31,15 +31,17 @@ def denoise_chunk(model, noise: Tensor, text, camera: Tensor, plucker: Tensor, c
     if clean_first is not None:
         x[:, :, 0] = clean_first
     sigmas = [t / 1000.0 for t in timesteps]
+    plucker_terms = model.plucker_terms(plucker)   # the same for every pass of the chunk
     for i in range(len(timesteps) - 1):
         t = torch.full((B, T), float(timesteps[i]), device=x.device)
         if clean_first is not None:
             t[:, 0] = 0.0
-        v = model(x, t, text, camera, plucker, cache=cache, positions=positions)
+        v = model(x, t, text, camera, plucker, cache=cache, positions=positions, plucker_terms=plucker_terms)
         x = x + (sigmas[i + 1] - sigmas[i]) * v.to(x.dtype)
         if clean_first is not None:
             x[:, :, 0] = clean_first
     if write_cache:
         zeros = torch.zeros(B, T, device=x.device)
-        model(x, zeros, text, camera, plucker, cache=cache, write_cache=True, positions=positions)
+        model(x, zeros, text, camera, plucker, cache=cache, write_cache=True, positions=positions,
+              plucker_terms=plucker_terms)
     return x

@@ -297,3 +297,23 @@ def test_full_softmax_cache_is_attended_in_place(tiny):
     for i, t in enumerate(context):
         assert t.data_ptr() == block.packed[i].data_ptr()
         assert torch.equal(t[:, :, :n], cached[i]) and torch.equal(t[:, :, n:], current[i])
+
+
+def test_plucker_projections_run_once_per_chunk(tiny):
+    """The ray-map terms do not change across the denoising passes of a chunk: each block's plucker_proj runs
+    once per chunk, not once per pass (issue #10's per-chunk precomputation)."""
+    calls = []
+    hooks = [blk.plucker_proj.register_forward_hook(lambda *a: calls.append(1)) for blk in tiny.blocks]
+    try:
+        cfg = tiny.cfg
+        x, ts, text, cam, plk = random_inputs(tiny, 4, seed=4)
+        session = WorldSession(tiny, text, first_latent=x[:, :, :1], intrinsics_latent=intrinsics_latent(cfg),
+                               seed=0)
+        poses = actions_to_c2w("w-80")
+        for _ in range(2):
+            raw = session.next_raw_frames()
+            session.step(poses[raw.start:raw.stop])
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(calls) == 2 * cfg.depth
