@@ -317,3 +317,26 @@ def test_plucker_projections_run_once_per_chunk(tiny):
         for h in hooks:
             h.remove()
     assert len(calls) == 2 * cfg.depth
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_session_builds_the_ray_maps_on_the_gpu_like_numpy():
+    from runtime.camera import chunk_plucker
+
+    net = build_model("tiny-world", device="cuda", init="random", seed=2)
+    cfg = net.cfg
+    g = torch.Generator().manual_seed(5)
+    text = net.prepare_text(torch.randn(1, cfg.text_max_length, cfg.caption_channels, generator=g).cuda(),
+                            torch.ones(1, cfg.text_max_length, device="cuda"))
+    first = torch.randn(1, cfg.in_channels, 1, cfg.latent_height, cfg.latent_width, generator=g).cuda()
+    session = WorldSession(net, text, first_latent=first, intrinsics_latent=intrinsics_latent(cfg), seed=0)
+    poses = actions_to_c2w("wd-40,l-40")
+    for _ in range(2):
+        latents = session._latent_range()
+        raw = session.next_raw_frames()
+        session.step(poses[raw.start:raw.stop])
+    _, plk = session._camera_inputs(latents)        # the last chunk's, from the poses the session holds
+    want = chunk_plucker(np.stack(session.poses), session.intrinsics, list(latents),
+                         (cfg.latent_height, cfg.latent_width), session.stride)
+    assert plk.is_cuda and rel_err(plk[0].float().cpu(), torch.from_numpy(want)) < 1e-5
