@@ -174,7 +174,8 @@ def compile_blocks(model: SanaWorldModel, backend="inductor") -> SanaWorldModel:
     steady-state chunk compiles nothing (tests/unit/test_compile.py)."""
     import torch._dynamo.config as dynamo_config
 
-    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, BLOCK_RECOMPILE_LIMIT)
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"  # older torch
+    setattr(dynamo_config, name, max(getattr(dynamo_config, name), BLOCK_RECOMPILE_LIMIT))
     for blk in model.blocks:
         blk.forward = torch.compile(blk.forward, dynamic=False, backend=backend)
     return model

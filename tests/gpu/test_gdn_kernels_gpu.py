@@ -85,12 +85,14 @@ def test_phase_a_precisions_stay_in_the_bf16_budget(monkeypatch, T, with_z, phas
 
 
 @pytest.mark.parametrize("with_z", [True, False], ids=["main", "camera"])
-def test_phase_c_bf16_experiment_stays_in_the_bf16_budget(monkeypatch, with_z):
-    """SANA_WM_GDN_PHASE_C=bf16 (off by default): bf16 tensor-core output products for bf16 inputs stay within
-    the bf16 budget (GPU only: the Triton interpreter's bf16 dot is wrong)."""
+@pytest.mark.parametrize("phase_c", ["bf16", "tf32"])
+def test_phase_c_precisions_stay_in_the_bf16_budget(monkeypatch, with_z, phase_c):
+    """Phase C's output product for bf16 inputs, bf16 tensor-core dots (the default) or TF32
+    (SANA_WM_GDN_PHASE_C=tf32), stays within the bf16 budget (GPU only: the Triton interpreter's bf16 dot is
+    wrong)."""
     from kernels import gdn_triton
 
-    monkeypatch.setattr(gdn_triton, "_PREC_PHASE_C_LOW", "bf16")
+    monkeypatch.setattr(gdn_triton, "_PREC_PHASE_C_LOW", phase_c)
     inp = gdn_inputs(1, H, 3, S, D, device="cuda", dtype=torch.bfloat16, initial_state=True, seed=11)
     if not with_z:
         del inp["q_rot"], inp["k_rot"]
