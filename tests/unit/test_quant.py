@@ -834,3 +834,30 @@ def test_gpu_quantized_model_and_compile():
     xs = torch.randn(4, 880, 2240, device="cuda").bfloat16()
     compiled = torch.compile(lin, fullgraph=True)
     assert torch.equal(compiled(xs), lin(xs))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("act_quant", ["triton", "inductor"])
+def test_gpu_compiled_fp8_linear_activation_quantizers(monkeypatch, act_quant):
+    """Under torch.compile the per-token activation quantization runs as the Triton custom op (default) or as
+    torch ops that inductor fuses with the producer (SANA_WM_FP8_ACT_QUANT=inductor): both give the reference's
+    result to the FP8 GEMM's error, with a producer (norm + scale) in the compiled graph."""
+    import quant.gemm as gemm
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need compute capability >= 8.9")
+    monkeypatch.setattr(gemm, "FP8_ACT_QUANT", act_quant)
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(8)
+    q = quantize_fp8(torch.randn(6720, 2240, generator=g).cuda())
+    x = torch.randn(2640, 2240, generator=g).bfloat16().cuda()
+    scale = torch.rand(2240, generator=g).bfloat16().cuda() + 0.5
+
+    def block(x):
+        return fp8_linear(torch.nn.functional.layer_norm(x, (2240,)) * scale, q.weight, q.weight_scale)
+
+    y = torch.compile(block, fullgraph=True)(x)
+    ref = fp8_linear_ref(torch.nn.functional.layer_norm(x, (2240,)) * scale, q.weight, q.weight_scale)
+    torch._dynamo.reset()
+    assert rel_rms(y.float(), ref.float()) < SCALED_MM_REL_RMS
