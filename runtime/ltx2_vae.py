@@ -387,8 +387,8 @@ def _cached_causal_conv(conv: LTX2VideoCausalConv3d, key: str, read: dict, writt
     reflect = inner.padding_mode == "reflect" and inner.padding[0] == 0
     # Reflection padding goes into the input buffer, and the conv runs without padding (what nn.Conv3d does
     # after its own F.pad, so the result is the same): saves a full copy and PyTorch's reflection_pad3d kernel
-    # (30 ms per chunk on an H200). The buffer takes the weight's layout: channels-last weights (the experiment
-    # above) get channels-last input.
+    # (30 ms per chunk on an H200). The buffer takes the weight's layout: channels-last weights (the CUDA default,
+    # see __init__) get channels-last input.
     layout = torch.channels_last_3d if inner.weight.is_contiguous(memory_format=torch.channels_last_3d) and \
         not inner.weight.is_contiguous() else torch.contiguous_format
     x = conv_input(hidden_states, left, pad_frames=k - 1, ph=ph if reflect else 0, pw=pw if reflect else 0,
