@@ -71,3 +71,44 @@ def test_steady_chunks_run_every_block_compiled_without_recompiles(fresh_dynamo)
             # Each block call is exactly one compiled graph: no call fell back to eager, none broke in two.
             assert backend.calls == block_calls_per_chunk
     assert backend.compiles == compiled
+
+
+def test_inductor_writes_the_softmax_cache_in_place(fresh_dynamo):
+    """Built by inductor, a steady chunk's cache pass writes the softmax blocks' K/V slices in place: the generated
+    code allocates no buffer of the packed K/V cache's size. The K/V copies written inline in the compiled block
+    became a rewrite of the whole buffer, twice per softmax block and pass (~7 ms per chunk at full size, H200
+    profile of round 9); this fails on that code. The compiled passes equal the eager ones."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    from runtime.cache import SoftmaxBlockCache
+    from runtime.model import chunk_ranges
+    from tests.model_inputs import random_inputs
+
+    net = build_model("tiny-world", init="random", seed=2)
+    x, _, text, cam, plk = random_inputs(net, 10, seed=3)
+    cache = net.new_cache()
+
+    def chunk(s, e, write=True):
+        return net(x[:, :, s:e], torch.zeros(1, e - s), text, cam[:, s:e], plk[:, :, s:e], cache=cache,
+                   write_cache=write)
+
+    def steady_chunk():   # a denoising pass, then the cache pass
+        return chunk(7, 10, write=False), chunk(7, 10)
+
+    with torch.no_grad():
+        for s, e in chunk_ranges(7, 4, 3):
+            chunk(s, e)
+        kv = [b for b in cache.blocks if isinstance(b, SoftmaxBlockCache)]
+        assert kv and all(b.full for b in kv)
+        before = cache.snapshot()
+        want = steady_chunk()
+        want_kv = [b.packed.clone() for b in kv]
+        cache.restore(before)
+        compile_blocks(net)
+        got, code = run_and_get_code(steady_chunk)
+    assert all(torch.allclose(g, w, rtol=1e-4, atol=1e-4) for g, w in zip(got, want))
+    assert all(torch.allclose(b.packed, w, rtol=1e-4, atol=1e-4) for b, w in zip(kv, want_kv))
+    full = re.escape(f"empty_strided_cpu({tuple(kv[0].packed.shape)}")
+    assert not any(re.search(full, src) for src in code), "a compiled block allocates a whole K/V cache buffer"

@@ -281,13 +281,7 @@ def test_full_softmax_cache_is_attended_in_place(tiny):
     """Once the sink and the ring are full, a softmax block attends one slice of its packed K/V buffer: the
     current chunk's K/V are written behind the cached ones and nothing cached is copied (the concatenation of the
     filling phase copied all of it every pass). test_streaming_equals_chunk_causal_forward checks the results."""
-    x, ts, text, cam, plk = random_inputs(tiny, 7, seed=3)
-    cache = tiny.new_cache()
-    with torch.no_grad():
-        for s, e in chunk_ranges(7, 4, 3):
-            tiny(x[:, :, s:e], torch.zeros(1, e - s), text, cam[:, s:e], plk[:, :, s:e], cache=cache,
-                 write_cache=True)
-    block = next(b for b in cache.blocks if isinstance(b, SoftmaxBlockCache))
+    block = _full_softmax_cache(tiny)
     assert block.full
     cached = torch.cat([block.sink[:, :, :, :block.sink_tokens], block.ring[0]], dim=3).clone()
     B, H, D = cached.shape[1], cached.shape[2], cached.shape[4]
@@ -297,6 +291,16 @@ def test_full_softmax_cache_is_attended_in_place(tiny):
     for i, t in enumerate(context):
         assert t.data_ptr() == block.packed[i].data_ptr()
         assert torch.equal(t[:, :, :n], cached[i]) and torch.equal(t[:, :, n:], current[i])
+
+
+def _full_softmax_cache(tiny) -> SoftmaxBlockCache:
+    x, ts, text, cam, plk = random_inputs(tiny, 7, seed=3)
+    cache = tiny.new_cache()
+    with torch.no_grad():
+        for s, e in chunk_ranges(7, 4, 3):
+            tiny(x[:, :, s:e], torch.zeros(1, e - s), text, cam[:, s:e], plk[:, :, s:e], cache=cache,
+                 write_cache=True)
+    return next(b for b in cache.blocks if isinstance(b, SoftmaxBlockCache))
 
 
 def test_plucker_projections_run_once_per_chunk(tiny):
