@@ -212,9 +212,14 @@ class _Conv1x1:
     cheaper call for a runtime that keeps activations token-major."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, in, H, W] -> [B, out, H, W]; channels_last input costs no copy and gives channels_last output."""
+        """[B, in, H, W] -> [B, out, H, W]; channels_last input costs no copy and gives channels_last output.
+        Token-major [N, in] input (pixels as rows) gives [N, out]: the runtime's FFN calls it so, through the
+        module so that forward hooks (FP8 calibration) see the call."""
+        if x.ndim == 2 and x.shape[1] == self.in_features:
+            return self.linear(x)
         if x.ndim != 4 or x.shape[1] != self.in_features:
-            raise ValueError(f"{type(self).__name__}: expected [B, {self.in_features}, H, W], got {tuple(x.shape)}")
+            raise ValueError(f"{type(self).__name__}: expected [B, {self.in_features}, H, W] or "
+                             f"[N, {self.in_features}], got {tuple(x.shape)}")
         b, _, h, w = x.shape
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         y = self.linear(x.permute(0, 2, 3, 1).reshape(b * h * w, self.in_features))

@@ -313,9 +313,9 @@ class _ExportQuantLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self.used = True
-        if self.conv:   # 1x1 conv on NCHW: the same per-pixel linear map, channels last
+        if self.conv and x.ndim == 4:   # 1x1 conv on NCHW: the same per-pixel linear map, channels last
             return _QuantLinearOp.apply(x.permute(0, 2, 3, 1), self.name).permute(0, 3, 1, 2)
-        return _QuantLinearOp.apply(x, self.name)
+        return _QuantLinearOp.apply(x, self.name)   # a linear, or a 1x1 conv on token-major [N, in]
 
 
 @contextlib.contextmanager

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kernels.glu_conv import depthwise_glu
+
 
 class ConvLayer(nn.Module):
     """A Conv2d under `.conv` (the checkpoints' `mlp.*_conv.conv.*` keys)."""
@@ -42,12 +44,12 @@ class GLUMBConvTemp(nn.Module):
         """
         B, T, S, C = x.shape
         h, w = grid
-        y = x.reshape(B * T, h, w, C).permute(0, 3, 1, 2)
-        y = F.silu(self.inverted_conv(y))
-        y = self.depth_conv(y)
-        y, gate = y.chunk(2, dim=1)
-        y = self.point_conv(y * F.silu(gate))
-        y = y.permute(0, 2, 3, 1).reshape(B, T, S, C)
+        # Token-major throughout: the 1x1 convs are GEMMs over [tokens, channels] and the depthwise conv + GLU
+        # gate is one kernel on CUDA (kernels.glu_conv), instead of cuDNN convs on NCHW views.
+        y = F.silu(_pointwise(self.inverted_conv.conv, x.reshape(B * T * S, C)))
+        depth = self.depth_conv.conv
+        y = depthwise_glu(y.view(B * T, h, w, -1), depth.weight, depth.bias)
+        y = _pointwise(self.point_conv.conv, y.view(B * T * S, -1)).view(B, T, S, C)
         return y + self.temporal_mix(y, chunks, left_frame, cache_out)
 
     def temporal_mix(self, y: Tensor, chunks, left_frame, cache_out) -> Tensor:
@@ -65,6 +67,14 @@ class GLUMBConvTemp(nn.Module):
         # strided C x C weight per call).
         taps = torch.stack([prev, y, nxt], dim=-1).flatten(-2)      # [B, T, S, C * 3]
         return taps @ w.reshape(w.shape[0], -1).T
+
+
+def _pointwise(conv: nn.Module, tokens: Tensor) -> Tensor:
+    """A 1x1 conv applied to token-major input [N, in] -> [N, out]. Quantized convs (quant.linear) and the ONNX
+    export's placeholders take that input themselves (called as modules, so forward hooks see the call)."""
+    if isinstance(conv, nn.Conv2d):
+        return F.linear(tokens, conv.weight.flatten(1), conv.bias)
+    return conv(tokens)
 
 
 def _conv_weight(conv: nn.Module, dtype: torch.dtype) -> Tensor:

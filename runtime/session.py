@@ -211,6 +211,7 @@ class WorldSession:
         self.closed = False
         self.cuda_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self._graph = None
+        self._next_noise: tuple[tuple[int, int], Tensor] | None = None
         self.overlap_decode = bool(overlap_decode) and self.device.type == "cuda" and self.decoder is not None
         self._side = _SideStreamDecode(self.device) if self.overlap_decode else None
 
@@ -232,9 +233,26 @@ class WorldSession:
         return chunk_latent_range(self.chunk_index, self.cfg.first_chunk_size, self.cfg.chunk_size)
 
     def _noise(self, T: int) -> Tensor:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.chunk_index)
+        key = (self.chunk_index, T)
+        if self._next_noise is not None and self._next_noise[0] == key:
+            return self._next_noise[1]
+        return self._make_noise(*key)
+
+    def _make_noise(self, chunk_index: int, T: int) -> Tensor:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + chunk_index)
         shape = (1, self.cfg.in_channels, T, self.cfg.latent_height, self.cfg.latent_width)
-        return torch.randn(shape, generator=gen).to(self.device, self.dtype)
+        noise = torch.randn(shape, generator=gen)
+        if self.device.type == "cuda":
+            return noise.pin_memory().to(self.device, self.dtype, non_blocking=True)
+        return noise.to(self.device, self.dtype)
+
+    def _prefetch_noise(self) -> None:
+        """On CUDA, draw the next chunk's noise while this chunk generates (the same numbers, from the same CPU
+        generator): the host's few milliseconds of randn no longer sit in front of the next chunk's kernels.
+        A rewind (`restore`) simply misses it and draws again."""
+        if self.device.type == "cuda":
+            key = (self.chunk_index + 1, self.cfg.chunk_size)
+            self._next_noise = (key, self._make_noise(*key))
 
     def _camera_inputs(self, latents: range) -> tuple[Tensor, Tensor]:
         c2w = np.stack(self.poses)
@@ -279,6 +297,7 @@ class WorldSession:
         else:
             x0 = denoise_chunk(self.model, noise, self.text, camera, plucker, self.cache, self.timesteps,
                                clean_first=clean_first)
+        self._prefetch_noise()   # the GPU is busy with this chunk now
         if self._side is not None:   # only made with a decoder
             # Queue the decode first (it starts on the GPU when x0 is ready), so its kernel launches overlap
             # this chunk's generation; then wait for the generating stream only, never the side stream.
@@ -369,6 +388,7 @@ class WorldSession:
         self.closed = True
         self._graph = None
         self._static = None
+        self._next_noise = None
         if self.decoder is not None:
             self._decoder_call(self.decoder.close)   # waits for the queued decodes: their frames stay readable
         self._side = None

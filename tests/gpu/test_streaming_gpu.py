@@ -74,3 +74,34 @@ def test_compiled_graph_step_equals_eager_full_config():
     assert len(seen) == 1
     for a, b in zip(fast, eager):
         assert rel_err(a, b) < BF16_REL
+
+
+def test_prefetched_noise_is_the_chunks_own_noise():
+    """On CUDA the next chunk's noise is drawn while the current chunk generates; it is the same draw as the CPU
+    session's (seed, chunk) noise, and a rewind to an earlier chunk draws that chunk's noise, not the prefetched one."""
+    cpu_model = build_model("tiny-world", init="random", seed=1)
+    gpu_model = build_model("tiny-world", device="cuda", init="random", seed=1)
+
+    def session(model):
+        cfg = model.cfg
+        dev = next(model.parameters()).device
+        first = torch.zeros(1, cfg.in_channels, 1, cfg.latent_height, cfg.latent_width, device=dev)
+        emb = torch.zeros(1, cfg.text_max_length, cfg.caption_channels, device=dev)
+        text = model.prepare_text(emb, torch.ones(1, cfg.text_max_length, device=dev))
+        return WorldSession(model, text, first_latent=first, intrinsics_latent=latent_intrinsics(cfg), seed=3)
+
+    cpu, gpu = session(cpu_model), session(gpu_model)
+    snaps = {}
+    for s in (cpu, gpu):
+        for k in range(3):
+            if k == 1:
+                snaps[id(s)] = s.snapshot()
+            raw = s.next_raw_frames()
+            s.step(POSES[raw.start:raw.stop])
+    assert gpu._next_noise is not None and gpu._next_noise[0][0] == 3
+    T = gpu.cfg.chunk_size
+    assert torch.equal(gpu._noise(T).cpu(), cpu._noise(T))          # chunk 3: the prefetched draw
+    for s in (cpu, gpu):
+        s.restore(snaps[id(s)])
+    assert torch.equal(gpu._noise(T).cpu(), cpu._noise(T))          # chunk 1 after the rewind
+    assert not torch.equal(gpu._noise(T).cpu(), gpu._next_noise[1].cpu())

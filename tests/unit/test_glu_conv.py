@@ -1,0 +1,88 @@
+"""The FFN's fused depthwise conv + GLU gate (`kernels.glu_conv.depthwise_glu`) against its PyTorch reference,
+and the reference against the FFN's original spelling (nn.Conv2d modules, NCHW).
+
+On CPU the Triton kernel runs under TRITON_INTERPRET=1 (set here before the kernel module is imported) at small
+fp32 shapes; tests/gpu/test_glu_conv_gpu.py runs it at the full model's shape in bf16.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+import torch.nn.functional as F
+
+from kernels.glu_conv import depthwise_glu, depthwise_glu_reference
+from tests.tolerances import FP32_REL, rel_err
+
+RUN_TRITON = importlib.util.find_spec("triton") is not None and (
+    torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+needs_triton = pytest.mark.skipif(not RUN_TRITON, reason="needs CUDA or TRITON_INTERPRET=1 with triton")
+
+# (N, H, W, M): M not a multiple of the channel block, frames not a multiple of the position block, N = 1, a
+# single row, a single column, a 1x1 frame (every neighbour is padding).
+SHAPES = [(3, 5, 7, 37), (1, 6, 9, 8), (2, 1, 11, 70), (1, 9, 1, 16), (2, 1, 1, 5)]
+IDS = [f"N{n}H{h}W{w}M{m}" for n, h, w, m in SHAPES]
+
+
+def _inputs(shape, seed: int = 0):
+    n, h, w, m = shape
+    g = torch.Generator().manual_seed(seed)
+    act = torch.randn(n, h, w, 2 * m, generator=g).to(DEVICE)
+    weight = torch.randn(2 * m, 1, 3, 3, generator=g).to(DEVICE) / 3
+    bias = torch.randn(2 * m, generator=g).to(DEVICE)
+    return act, weight, bias
+
+
+def test_reference_is_the_ffn_depthwise_conv_then_glu():
+    """The reference equals nn.Conv2d(groups=2M, padding=1) on the NCHW tensor, chunk, a * silu(g)."""
+    act, weight, bias = _inputs((2, 4, 5, 6))
+    conv = torch.nn.Conv2d(12, 12, 3, padding=1, groups=12)
+    with torch.no_grad():
+        conv.weight.copy_(weight.cpu())
+        conv.bias.copy_(bias.cpu())
+        y = conv(act.cpu().permute(0, 3, 1, 2))
+    a, g = y.chunk(2, dim=1)
+    want = (a * F.silu(g)).permute(0, 2, 3, 1)
+    assert rel_err(depthwise_glu_reference(act.cpu(), weight.cpu(), bias.cpu()), want) < FP32_REL
+
+
+@needs_triton
+@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_triton_depthwise_glu_matches_reference(shape, with_bias):
+    from kernels.gdn_triton import nan_filled_buffers
+
+    act, weight, bias = _inputs(shape, seed=sum(shape))
+    bias = bias if with_bias else None
+    with nan_filled_buffers():   # an unwritten element would stay NaN
+        got = depthwise_glu(act, weight, bias, impl="triton")
+    want = depthwise_glu_reference(act, weight, bias)
+    assert got.shape == want.shape == (*shape[:3], shape[3])
+    assert rel_err(got, want) < FP32_REL
+
+
+@needs_triton
+def test_triton_depthwise_glu_reads_strided_frames():
+    """A view whose frames are not packed (e.g. a slice of a larger buffer) reads the right elements."""
+    act, weight, bias = _inputs((4, 3, 5, 9), seed=1)
+    view = act[::2]
+    assert not view.is_contiguous()
+    assert rel_err(depthwise_glu(view, weight, bias, impl="triton"), depthwise_glu_reference(view, weight, bias)) \
+        < FP32_REL
+
+
+def test_depthwise_glu_rejects_bad_input():
+    act, weight, bias = _inputs((1, 3, 4, 5))
+    with pytest.raises(ValueError, match="expected act"):
+        depthwise_glu(act[..., :-1], weight, bias)
+    with pytest.raises(ValueError, match="weight"):
+        depthwise_glu(act, weight[:, :, :2], bias)
+    with pytest.raises(ValueError, match="bias"):
+        depthwise_glu(act, weight, bias[:-1])
