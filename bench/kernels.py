@@ -22,8 +22,8 @@ Rows (each Triton op against the same call with impl="reference", the fp32 PyTor
     layer_fcam16  the same with bf16 prep outputs (out_dtype=bf16; the scans still accumulate in fp32)
     *_graph       the layer replayed from a CUDA graph (what the streaming loop runs)
     depthwise_glu the FFN's depthwise 3x3 conv + GLU gate (kernels.glu_conv) of one chunk, bf16, against the
-                  stock bf16 spelling it replaced (cuDNN depthwise conv + gate); depthwise_glu_sweep rows time
-                  each launch-config choice
+                  stock bf16 spelling it replaced (SiLU, cuDNN depthwise conv, gate), as the FFN calls it (the
+                  input's SiLU included); depthwise_glu_sweep rows time each launch-config choice
 
 Timings are triton.testing.do_bench medians (L2 flushed) on random never-zero inputs. Each row gives TFLOP/s
 and GB/s on the useful work (unpadded D; minimum traffic: every input read once, every output written once),
@@ -266,10 +266,10 @@ def _ucpe_qkv_case(T):
     return run, 0.0, nbytes
 
 
-def _depthwise_glu_case(blocks=None):
+def _depthwise_glu_case(config=None, silu_input=False):
     """The FFN's depthwise conv + GLU of one chunk (3 frames of 22 x 40 tokens, 2M = 13440 channels), bf16.
-    The "reference" timed here is the stock spelling the model ran before (cuDNN bf16 depthwise conv on the NCHW
-    view, then the gate), the fair speed baseline; the kernel is checked against it within the bf16 budget."""
+    The "reference" timed here is the stock spelling the model ran before (SiLU, cuDNN bf16 depthwise conv on the
+    NCHW view, then the gate), the fair speed baseline; the kernel is checked against it within the bf16 budget."""
     import torch.nn.functional as F
 
     from kernels.glu_conv_triton import depthwise_glu_triton
@@ -282,8 +282,9 @@ def _depthwise_glu_case(blocks=None):
 
     def run(impl):
         if impl == "triton":
-            return depthwise_glu_triton(act, weight, bias, blocks)
-        y = F.conv2d(act.permute(0, 3, 1, 2), weight, bias, padding=1, groups=2 * m)
+            return depthwise_glu_triton(act, weight, bias, config, silu_input)
+        x = F.silu(act) if silu_input else act
+        y = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=1, groups=2 * m)
         a, gate = y.chunk(2, dim=1)
         return (a * F.silu(gate)).permute(0, 2, 3, 1)
 
@@ -291,12 +292,13 @@ def _depthwise_glu_case(blocks=None):
 
 
 def build_cases(quick: bool) -> list[dict]:
-    from kernels.glu_conv_triton import BLOCK_CHOICES
+    from kernels.glu_conv_triton import CONFIG_CHOICES
 
-    cases = [{"op": "depthwise_glu", "shape": "3x22x40x13440", "bf16": True, "make": _depthwise_glu_case}]
-    for blocks in BLOCK_CHOICES:   # the launch-config choices, for kernels.glu_conv_triton.BLOCKS
-        cases.append({"op": "depthwise_glu_sweep", "shape": "blocks=" + "x".join(map(str, blocks)), "bf16": True,
-                      "make": lambda b=blocks: _depthwise_glu_case(b)})
+    cases = [{"op": "depthwise_glu", "shape": "3x22x40x13440+silu", "bf16": True,
+              "make": lambda: _depthwise_glu_case(silu_input=True)}]
+    for cfg in CONFIG_CHOICES:   # the launch-config choices (kernels.glu_conv_triton.CONFIG), as the FFN calls it
+        cases.append({"op": "depthwise_glu_sweep", "bf16": True, "shape": "-".join(map(str, cfg)),
+                      "make": lambda c=cfg: _depthwise_glu_case(c, silu_input=True)})
     for T in STREAM_T:
         for init in (True, False):
             tag = f"T={T} {'state' if init else 'fresh'}"

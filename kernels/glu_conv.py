@@ -1,6 +1,7 @@
 """The middle of the FFN (GLUMBConv, spec section 1.6): depthwise 3x3 conv, bias and GLU gate in one pass.
 
-    y = depthwise_conv3x3(act, weight, bias, zero padding 1)     act [N, H, W, 2M] (after the inverted conv's SiLU)
+    y = depthwise_conv3x3(act, weight, bias, zero padding 1)     act [N, H, W, 2M] (after the inverted conv's SiLU,
+                                                                 or SiLU applied here with silu_input=True)
     a, g = y[..., :M], y[..., M:]
     out = a * silu(g)                                            [N, H, W, M]
 
@@ -33,29 +34,31 @@ def _check(act: Tensor, weight: Tensor, bias: Tensor | None) -> None:
         raise ValueError(f"depthwise_glu: bias {tuple(bias.shape)} != ({c},)")
 
 
-def depthwise_glu_reference(act: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def depthwise_glu_reference(act: Tensor, weight: Tensor, bias: Tensor | None, *, silu_input: bool = False) -> Tensor:
     """PyTorch version of `depthwise_glu` (same arguments and result)."""
     _check(act, weight, bias)
-    y = F.conv2d(act.float().permute(0, 3, 1, 2), weight.float(), None if bias is None else bias.float(),
+    x = F.silu(act.float()) if silu_input else act.float()
+    y = F.conv2d(x.permute(0, 3, 1, 2), weight.float(), None if bias is None else bias.float(),
                  padding=1, groups=act.shape[-1])
     a, g = y.chunk(2, dim=1)
     return (a * F.silu(g)).permute(0, 2, 3, 1).to(act.dtype)
 
 
 @torch.library.custom_op("sana_wm::depthwise_glu", mutates_args=())
-def _depthwise_glu_op(act: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+def _depthwise_glu_op(act: Tensor, weight: Tensor, bias: Tensor | None, silu_input: bool) -> Tensor:
     from kernels.glu_conv_triton import depthwise_glu_triton
 
-    return depthwise_glu_triton(act, weight, bias)
+    return depthwise_glu_triton(act, weight, bias, silu_input=silu_input)
 
 
 @_depthwise_glu_op.register_fake
-def _(act, weight, bias):
+def _(act, weight, bias, silu_input):
     n, h, w, c = act.shape
     return act.new_empty((n, h, w, c // 2))
 
 
-def depthwise_glu(act: Tensor, weight: Tensor, bias: Tensor | None, *, impl: str = "auto") -> Tensor:
+def depthwise_glu(act: Tensor, weight: Tensor, bias: Tensor | None, *, silu_input: bool = False,
+                  impl: str = "auto") -> Tensor:
     """Depthwise 3x3 conv (zero padding) + bias, then the GLU gate: [N, H, W, 2M] -> [N, H, W, M] in act's dtype.
 
     Args:
@@ -63,9 +66,10 @@ def depthwise_glu(act: Tensor, weight: Tensor, bias: Tensor | None, *, impl: str
             long as the channels are contiguous).
         weight: [2M, 1, 3, 3] depthwise kernel (an nn.Conv2d's with groups = 2M).
         bias: [2M] or None.
+        silu_input: apply SiLU to act first (the FFN's activation after its inverted conv) inside the op.
         impl: "auto" (Triton on CUDA), "triton" or "reference".
     """
     if use_triton(act, impl):
         _check(act, weight, bias)
-        return torch.ops.sana_wm.depthwise_glu(act, weight, bias)
-    return depthwise_glu_reference(act, weight, bias)
+        return torch.ops.sana_wm.depthwise_glu(act, weight, bias, silu_input)
+    return depthwise_glu_reference(act, weight, bias, silu_input=silu_input)

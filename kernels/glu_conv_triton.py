@@ -1,32 +1,57 @@
-"""Triton version of `kernels.glu_conv.depthwise_glu` (see there for the math and the reference).
+"""Triton versions of `kernels.glu_conv.depthwise_glu` (see there for the math and the reference).
 
-`_depthwise_glu_kernel`, grid (blocks of positions of one frame, blocks of the M output channels, frames): for
-each of the 9 taps it loads the shifted [positions, channels] tiles of both GLU halves (channel-contiguous rows,
-so the loads coalesce; the neighbours' re-reads hit L1/L2) and accumulates in fp32, then adds the bias, gates and
-stores once. Out-of-frame taps load zeros (the conv's zero padding).
+Two launch shapes of the same math, both fp32 accumulation, bias and gate in the epilogue, zero padding by masked
+loads (the channels of a position are contiguous, so every load is a run of channels):
+
+* "tiles" (`_depthwise_glu_tiles_kernel`), grid (position blocks of a frame, channel blocks, frames): for each of
+  the 9 taps it loads the shifted [positions, channels] tiles of both GLU halves. A row neighbour sits W positions
+  away, outside a small position block, so an input element is fetched about 9 times from L1/L2.
+* "rows" (`_depthwise_glu_rows_kernel`), grid (channel blocks, frames, row segments): a program walks the rows of
+  its segment (plus one halo row each side); each input row is loaded once per column shift (3 loads, mostly L1
+  hits) and added into the three output rows it touches, held as rolling accumulators; an output row is stored
+  as soon as it is complete.
+
+With `silu_input` (the FFN's activation before the depthwise conv) the launch config picks where SiLU runs: on every
+loaded value inside the kernel (no separate pass over the input, but recomputed per load: 9 times per element for
+"tiles", 3 for "rows") or as a separate PyTorch pass first.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["depthwise_glu_triton"]
+__all__ = ["CONFIG", "CONFIG_CHOICES", "depthwise_glu_triton"]
 
-
-BLOCKS = (32, 128, 4)
-"""(positions, channels, warps) per program; `bench.kernels --only depthwise_glu` times the alternatives."""
-BLOCK_CHOICES = ((32, 64, 4), (64, 64, 4), (32, 128, 4), (64, 128, 8), (16, 128, 4), (16, 256, 4))
+CONFIG = ("tiles", 16, 128, 4, False)
+"""(kind, positions or rows per program, channels per program, warps, SiLU of the input inside the kernel; when
+False a `silu_input` call first runs a separate SiLU pass). H200, round 10: tiles 16 x 128 took 0.097 ms at the
+full model's chunk shape, 32 x 128 0.120 ms; `bench.kernels --only depthwise_glu_sweep` times every choice."""
+if os.environ.get("SANA_WM_GLU_CONFIG"):   # e.g. "rows,22,16,4,1": a launch choice to time without editing CONFIG
+    _kind, *_ints = os.environ["SANA_WM_GLU_CONFIG"].split(",")
+    CONFIG = (_kind, *(int(v) for v in _ints[:3]), _ints[3] == "1")
+CONFIG_CHOICES = tuple((*shape, inside) for inside in (False, True) for shape in (
+    ("tiles", 16, 128, 4), ("tiles", 32, 128, 4), ("tiles", 16, 64, 4), ("rows", 22, 16, 4), ("rows", 11, 16, 4),
+    ("rows", 22, 16, 2), ("rows", 11, 32, 4), ("rows", 6, 16, 4)))
 
 
 @triton.jit
-def _depthwise_glu_kernel(
+def _silu(x, APPLY: tl.constexpr):
+    if APPLY:
+        x = x * tl.sigmoid(x)
+    return x
+
+
+@triton.jit
+def _depthwise_glu_tiles_kernel(
     p_act, p_w, p_b, p_out,
     H, W, M,
     s_an, s_ah, s_aw,
     s_on, s_oh, s_ow,
-    HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SILU_IN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_p, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -45,12 +70,10 @@ def _depthwise_glu_kernel(
         row = ii.to(tl.int64) * s_ah + jj.to(tl.int64) * s_aw
         mask = ok[:, None] & c_ok[None, :]
         ptr = base + row[:, None] + c[None, :]
-        x_a = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
-        x_g = tl.load(ptr + M, mask=mask, other=0.0).to(tl.float32)
-        w_a = tl.load(p_w + c * 9 + tap, mask=c_ok, other=0.0)
-        w_g = tl.load(p_w + (c + M) * 9 + tap, mask=c_ok, other=0.0)
-        acc_a += x_a * w_a[None, :]
-        acc_g += x_g * w_g[None, :]
+        x_a = _silu(tl.load(ptr, mask=mask, other=0.0).to(tl.float32), SILU_IN)
+        x_g = _silu(tl.load(ptr + M, mask=mask, other=0.0).to(tl.float32), SILU_IN)
+        acc_a += x_a * tl.load(p_w + c * 9 + tap, mask=c_ok, other=0.0)[None, :]
+        acc_g += x_g * tl.load(p_w + (c + M) * 9 + tap, mask=c_ok, other=0.0)[None, :]
     if HAS_BIAS:
         acc_a += tl.load(p_b + c, mask=c_ok, other=0.0)[None, :]
         acc_g += tl.load(p_b + M + c, mask=c_ok, other=0.0)[None, :]
@@ -60,8 +83,84 @@ def _depthwise_glu_kernel(
              mask=p_ok[:, None] & c_ok[None, :])
 
 
-def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None,
-                         blocks: tuple[int, int, int] | None = None) -> Tensor:
+@triton.jit
+def _shifted_row(base, s_aw, j, c, W, M, row_ok, c_ok, dj: tl.constexpr, SILU_IN: tl.constexpr):
+    """Input row at columns j + dj - 1, both GLU halves, [BLOCK_W, BLOCK_C] fp32 (zeros outside the frame)."""
+    jj = j + (dj - 1)
+    mask = (row_ok & (jj >= 0) & (jj < W))[:, None] & c_ok[None, :]
+    ptr = base + jj.to(tl.int64)[:, None] * s_aw + c[None, :]
+    x_a = _silu(tl.load(ptr, mask=mask, other=0.0).to(tl.float32), SILU_IN)
+    x_g = _silu(tl.load(ptr + M, mask=mask, other=0.0).to(tl.float32), SILU_IN)
+    return x_a, x_g
+
+
+@triton.jit
+def _tap_row(w_ptr, c, c_ok, t: tl.constexpr):
+    """The 3 column weights of tap row t, [1, BLOCK_C] each."""
+    w0 = tl.load(w_ptr + c * 9 + 3 * t, mask=c_ok, other=0.0)[None, :]
+    w1 = tl.load(w_ptr + c * 9 + 3 * t + 1, mask=c_ok, other=0.0)[None, :]
+    w2 = tl.load(w_ptr + c * 9 + 3 * t + 2, mask=c_ok, other=0.0)[None, :]
+    return w0, w1, w2
+
+
+@triton.jit
+def _depthwise_glu_rows_kernel(
+    p_act, p_w, p_b, p_out,
+    H, W, M,
+    s_an, s_ah, s_aw,
+    s_on, s_oh, s_ow,
+    HAS_BIAS: tl.constexpr, SILU_IN: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid_c, n, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    j = tl.arange(0, BLOCK_W)
+    c_ok = c < M
+    j_ok = j < W
+    r0 = pid_r * ROWS
+    a_base = p_act + n.to(tl.int64) * s_an
+    o_base = p_out + n.to(tl.int64) * s_on + j.to(tl.int64)[:, None] * s_ow + c[None, :]
+    a00, a01, a02 = _tap_row(p_w, c, c_ok, 0)
+    a10, a11, a12 = _tap_row(p_w, c, c_ok, 1)
+    a20, a21, a22 = _tap_row(p_w, c, c_ok, 2)
+    g00, g01, g02 = _tap_row(p_w + M * 9, c, c_ok, 0)
+    g10, g11, g12 = _tap_row(p_w + M * 9, c, c_ok, 1)
+    g20, g21, g22 = _tap_row(p_w + M * 9, c, c_ok, 2)
+    if HAS_BIAS:
+        bias_a = tl.load(p_b + c, mask=c_ok, other=0.0)[None, :]
+        bias_g = tl.load(p_b + M + c, mask=c_ok, other=0.0)[None, :]
+    else:
+        bias_a = tl.zeros([1, BLOCK_C], dtype=tl.float32)
+        bias_g = tl.zeros([1, BLOCK_C], dtype=tl.float32)
+    # Output row i = sum over tap rows t of input row (i + t - 1) x w[t]. Walking input rows r: out row r - 1
+    # takes tap row 2 and is then complete, out row r takes tap row 1, out row r + 1 starts with tap row 0.
+    cur_a = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)   # out row r, tap row 0 added
+    cur_g = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)
+    nxt_a = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)   # out row r + 1
+    nxt_g = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)
+    for k in range(ROWS + 2):
+        r = r0 - 1 + k
+        r_j = r + j * 0                # the row per lane: a scalar mask term breaks TRITON_INTERPRET's masks
+        row_ok = j_ok & (r_j >= 0) & (r_j < H)
+        base = a_base + r.to(tl.int64) * s_ah
+        xa0, xg0 = _shifted_row(base, s_aw, j, c, W, M, row_ok, c_ok, 0, SILU_IN)
+        xa1, xg1 = _shifted_row(base, s_aw, j, c, W, M, row_ok, c_ok, 1, SILU_IN)
+        xa2, xg2 = _shifted_row(base, s_aw, j, c, W, M, row_ok, c_ok, 2, SILU_IN)
+        i_done = r - 1
+        if k >= 2 and i_done < H:   # rows r0 - 1 and r0 complete nothing of this segment
+            y_a = cur_a + xa0 * a20 + xa1 * a21 + xa2 * a22 + bias_a
+            y_g = cur_g + xg0 * g20 + xg1 * g21 + xg2 * g22 + bias_g
+            out = y_a * (y_g * tl.sigmoid(y_g))
+            tl.store(o_base + i_done.to(tl.int64) * s_oh, out.to(p_out.dtype.element_ty),
+                     mask=j_ok[:, None] & c_ok[None, :])
+        cur_a = nxt_a + xa0 * a10 + xa1 * a11 + xa2 * a12
+        cur_g = nxt_g + xg0 * g10 + xg1 * g11 + xg2 * g12
+        nxt_a = xa0 * a00 + xa1 * a01 + xa2 * a02
+        nxt_g = xg0 * g00 + xg1 * g01 + xg2 * g02
+
+
+def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None, config: tuple | None = None,
+                         silu_input: bool = False) -> Tensor:
     from kernels import gdn_triton  # NaN-fill switch shared with the other kernels (tests)
 
     if act.stride(-1) != 1:
@@ -73,8 +172,18 @@ def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None,
         out.fill_(float("nan"))
     w = weight.reshape(C, 9).float().contiguous()     # fp32 taps: 0.5 MB at full size, read from L2
     b = bias.float().contiguous() if bias is not None else w
-    block_p, block_c, warps = blocks or BLOCKS
-    grid = (triton.cdiv(H * W, block_p), triton.cdiv(M, block_c), N)
-    _depthwise_glu_kernel[grid](act, w, b, out, H, W, M, *act.stride()[:3], *out.stride()[:3],
-                                HAS_BIAS=bias is not None, BLOCK_P=block_p, BLOCK_C=block_c, num_warps=warps)
+    kind, size, block_c, warps, silu_inside = config or CONFIG
+    if silu_input and not silu_inside:
+        act = torch.nn.functional.silu(act)
+    common = dict(HAS_BIAS=bias is not None, SILU_IN=silu_input and silu_inside, BLOCK_C=block_c, num_warps=warps)
+    strides = (*act.stride()[:3], *out.stride()[:3])
+    if kind == "tiles":
+        grid = (triton.cdiv(H * W, size), triton.cdiv(M, block_c), N)
+        _depthwise_glu_tiles_kernel[grid](act, w, b, out, H, W, M, *strides, BLOCK_P=size, **common)
+    elif kind == "rows":
+        grid = (triton.cdiv(M, block_c), N, triton.cdiv(H, size))
+        _depthwise_glu_rows_kernel[grid](act, w, b, out, H, W, M, *strides, ROWS=size,
+                                         BLOCK_W=max(2, triton.next_power_of_2(W)), **common)
+    else:
+        raise ValueError(f"depthwise_glu_triton: unknown launch kind {kind!r}")
     return out

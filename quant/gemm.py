@@ -453,12 +453,12 @@ def fp8_linear_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Te
 # SANA_WM_FP8_FAST_ACCUM=0 turns it off.
 FP8_FAST_ACCUM = os.environ.get("SANA_WM_FP8_FAST_ACCUM", "1") != "0"
 
-# EXPERIMENT (off by default, unmeasured): SANA_WM_FP8_ACT_QUANT=inductor quantizes the activations with plain
-# torch ops under torch.compile, so inductor can fuse the per-token amax and the E4M3 cast into the kernel that
-# produces x (norm, modulate, gate); the default Triton custom op is opaque to inductor and costs one more pass
-# over the bf16 activations per linear (the whole FP8 linear measured 0.82-1.37x bf16 for that pass; the FP8
-# generator is 191.0 vs 211.3 ms bf16, bench/results).
-FP8_ACT_QUANT = os.environ.get("SANA_WM_FP8_ACT_QUANT", "triton")
+# Under torch.compile the activations are quantized with plain torch ops (SANA_WM_FP8_ACT_QUANT=inductor, the
+# default), so inductor fuses the per-token amax and the E4M3 cast into the kernel that produces x (norm, modulate,
+# gate); SANA_WM_FP8_ACT_QUANT=triton calls the Triton quantizer as an opaque custom op, one more pass over the
+# bf16 activations per linear. H200, round 10: FP8 generator 176.3 ms per chunk with inductor, 181.5 with triton
+# (bench/results). Outside torch.compile the Triton quantizer runs either way.
+FP8_ACT_QUANT = os.environ.get("SANA_WM_FP8_ACT_QUANT", "inductor")
 
 
 def fp8_linear_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,

@@ -44,11 +44,11 @@ class GLUMBConvTemp(nn.Module):
         """
         B, T, S, C = x.shape
         h, w = grid
-        # Token-major throughout: the 1x1 convs are GEMMs over [tokens, channels] and the depthwise conv + GLU
-        # gate is one kernel on CUDA (kernels.glu_conv), instead of cuDNN convs on NCHW views.
-        y = F.silu(_pointwise(self.inverted_conv.conv, x.reshape(B * T * S, C)))
+        # Token-major throughout: the 1x1 convs are GEMMs over [tokens, channels] and SiLU + depthwise conv + GLU
+        # gate is one op, a Triton kernel on CUDA (kernels.glu_conv), instead of cuDNN convs on NCHW views.
+        y = _pointwise(self.inverted_conv.conv, x.reshape(B * T * S, C))
         depth = self.depth_conv.conv
-        y = depthwise_glu(y.view(B * T, h, w, -1), depth.weight, depth.bias)
+        y = depthwise_glu(y.view(B * T, h, w, -1), depth.weight, depth.bias, silu_input=True)
         y = _pointwise(self.point_conv.conv, y.view(B * T * S, -1)).view(B, T, S, C)
         return y + self.temporal_mix(y, chunks, left_frame, cache_out)
 

@@ -41,7 +41,8 @@ def _inputs(shape, seed: int = 0):
 
 
 def test_reference_is_the_ffn_depthwise_conv_then_glu():
-    """The reference equals nn.Conv2d(groups=2M, padding=1) on the NCHW tensor, chunk, a * silu(g)."""
+    """The reference equals nn.Conv2d(groups=2M, padding=1) on the NCHW tensor, chunk, a * silu(g); with
+    silu_input, of silu(act)."""
     act, weight, bias = _inputs((2, 4, 5, 6))
     conv = torch.nn.Conv2d(12, 12, 3, padding=1, groups=12)
     with torch.no_grad():
@@ -51,21 +52,44 @@ def test_reference_is_the_ffn_depthwise_conv_then_glu():
     a, g = y.chunk(2, dim=1)
     want = (a * F.silu(g)).permute(0, 2, 3, 1)
     assert rel_err(depthwise_glu_reference(act.cpu(), weight.cpu(), bias.cpu()), want) < FP32_REL
+    with torch.no_grad():
+        y = conv(F.silu(act.cpu()).permute(0, 3, 1, 2))
+    a, g = y.chunk(2, dim=1)
+    want = (a * F.silu(g)).permute(0, 2, 3, 1)
+    assert rel_err(depthwise_glu_reference(act.cpu(), weight.cpu(), bias.cpu(), silu_input=True), want) < FP32_REL
+
+
+# Each launch kind on every shape, with row segments that split the frame unevenly (2 rows of H = 5, 9) or cover
+# it whole; bias on and off alternate (the interpreter is slow: ~10 runs, not the full product).
+TILES, ROWS_2, ROWS_ALL = ("tiles", 16, 16, 4, True), ("rows", 2, 16, 4, True), ("rows", 16, 8, 2, True)
+CASES = [(SHAPES[0], TILES, True), (SHAPES[0], ROWS_2, False), (SHAPES[1], ROWS_ALL, True),
+         (SHAPES[1], TILES, False), (SHAPES[2], ROWS_2, True), (SHAPES[3], ROWS_2, True),
+         (SHAPES[3], TILES, True), (SHAPES[4], ROWS_ALL, False), (SHAPES[4], TILES, True)]
 
 
 @needs_triton
-@pytest.mark.parametrize("shape", SHAPES, ids=IDS)
-@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
-def test_triton_depthwise_glu_matches_reference(shape, with_bias):
+@pytest.mark.parametrize("shape,config,with_bias", CASES,
+                         ids=[f"{IDS[SHAPES.index(s)]}-{c[0]}{c[1]}-{'bias' if b else 'nobias'}" for s, c, b in CASES])
+def test_triton_depthwise_glu_matches_reference(shape, config, with_bias):
     from kernels.gdn_triton import nan_filled_buffers
+    from kernels.glu_conv_triton import depthwise_glu_triton
 
     act, weight, bias = _inputs(shape, seed=sum(shape))
     bias = bias if with_bias else None
-    with nan_filled_buffers():   # an unwritten element would stay NaN
-        got = depthwise_glu(act, weight, bias, impl="triton")
-    want = depthwise_glu_reference(act, weight, bias)
-    assert got.shape == want.shape == (*shape[:3], shape[3])
-    assert rel_err(got, want) < FP32_REL
+    for silu, inside in ((False, True), (True, True), (True, False)):   # SiLU inside the kernel, or a pass first
+        with nan_filled_buffers():   # an unwritten element would stay NaN
+            got = depthwise_glu_triton(act, weight, bias, (*config[:4], inside), silu)
+        want = depthwise_glu_reference(act, weight, bias, silu_input=silu)
+        assert got.shape == want.shape == (*shape[:3], shape[3])
+        assert rel_err(got, want) < FP32_REL, silu
+
+
+@needs_triton
+def test_public_op_dispatches_to_the_kernel():
+    act, weight, bias = _inputs((2, 3, 4, 6), seed=2)
+    for silu in (False, True):
+        got = depthwise_glu(act, weight, bias, silu_input=silu, impl="triton")
+        assert rel_err(got, depthwise_glu_reference(act, weight, bias, silu_input=silu)) < FP32_REL
 
 
 @needs_triton
