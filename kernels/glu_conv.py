@@ -70,6 +70,12 @@ def depthwise_glu(act: Tensor, weight: Tensor, bias: Tensor | None, *, silu_inpu
         impl: "auto" (Triton on CUDA), "triton" or "reference".
     """
     if use_triton(act, impl):
+        from kernels.glu_conv_triton import CONFIG
+
         _check(act, weight, bias)
+        if silu_input and not CONFIG[-1]:
+            # The launch config keeps SiLU out of the kernel: a plain op here, which torch.compile fuses into the
+            # pass that produces act (inside the custom op it would be one more eager pass).
+            act, silu_input = F.silu(act), False
         return torch.ops.sana_wm.depthwise_glu(act, weight, bias, silu_input)
     return depthwise_glu_reference(act, weight, bias, silu_input=silu_input)
