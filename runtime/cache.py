@@ -15,16 +15,28 @@ from torch import Tensor
 from runtime.config import ModelConfig
 
 
-@torch.library.custom_op("sana_wm::write_tokens", mutates_args=("buffer",))
-def write_tokens(buffer: Tensor, start: int, parts: list[Tensor]) -> None:
-    """buffer[i, :, :, start:start + n] = parts[i] for a [streams, B, H, tokens, D] K/V buffer, in place.
-
-    A custom op so torch.compile writes only the slice: the same copy_ spelled in the compiled block was
-    functionalised into a rewrite of the whole buffer (a graph input), 173 MB per softmax block and pass at the
-    full size (H200 profile, round 9: ~0.36 ms each, ~7 ms per chunk)."""
+def _copy_tokens(buffer: Tensor, start: int, parts: list[Tensor]) -> None:
     n = parts[0].shape[2]
     for i, part in enumerate(parts):
         buffer[i, :, :, start:start + n].copy_(part)
+
+
+@torch.library.custom_op("sana_wm::write_tokens", mutates_args=("buffer",))
+def _write_tokens_op(buffer: Tensor, start: int, parts: list[Tensor]) -> None:
+    _copy_tokens(buffer, start, parts)
+
+
+def write_tokens(buffer: Tensor, start: int, parts: list[Tensor]) -> None:
+    """buffer[i, :, :, start:start + n] = parts[i] for a [streams, B, H, tokens, D] K/V buffer, in place.
+
+    Under torch.compile through a mutating custom op, so the compiled block writes only the slice: the same copy_
+    spelled in the block was functionalised into a rewrite of the whole buffer (a graph input), 173 MB per softmax
+    block and pass at the full size (H200 profile, round 9: ~0.36 ms each, ~7 ms per chunk). Eagerly, the plain
+    copies (the custom op's dispatch costs a second of imports on its first eager call)."""
+    if torch.compiler.is_compiling():
+        _write_tokens_op(buffer, start, parts)
+    else:
+        _copy_tokens(buffer, start, parts)
 
 
 @dataclass
