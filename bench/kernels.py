@@ -368,6 +368,7 @@ SWEEP = {  # 4-warp variants of phases A and C spill registers at D = 128 (check
     "c": [{"c_block_s": s, "c_tiles": t, "c_warps": 8, "c_stages": 1} for s, t in itertools.product((32, 64, 128),
                                                                                                     (1, 2, 4))],
     "split": [{"target_programs_per_sm": n} for n in (1, 2, 4, 8)],
+    "a_split_s": [{"a_split_s": n} for n in (2, 4, 7)],
 }
 
 

@@ -6,8 +6,10 @@ Three launches per call, each parallel over what it can be:
       A_t = K~^T diag(b) K~      U_t = V^T diag(b) K~      Az_t = K^T diag(b) K      uz_t = K^T b
   (Az, uz only with the z stream). D is padded to a power of two (112 -> 128) with masked loads, so the
   padded rows / columns are exact zeros. At small B*H*T the output rows of each product are split across
-  programs (each still sums all S tokens, so the products are complete and deterministic; a split over S
-  would leave partial sums for phase B to add, which costs it registers it does not have).
+  programs (each still sums all S tokens, so the products are complete and deterministic). Optionally
+  (`a_split_s` > 1) the tokens are split too, the programs adding their partial products into zeroed
+  outputs with fp32 atomics (shorter serial loops, bits of run-to-run nondeterminism); phase B reads the
+  products the same way either way.
 * Phase B, grid (B*H*(row blocks + z), directions): the serial scan over frames with the state in registers,
       S_t = S_{t-1} W_t + U_t = g_t (S_{t-1} - S_{t-1} A_t) + U_t.
   Rows of S are independent, so the state is split into row blocks across programs (the z vector gets a
@@ -50,6 +52,8 @@ LAUNCH_CONFIGS: dict[str, dict[str, int]] = {
                                                                       # program, warps, stages
         "target_programs_per_sm": 2,                       # phase A splits output rows until the grid
                                                            # reaches this many programs per SM
+        "a_split_s": 1,                                    # phase A token blocks per product (atomic adds
+                                                           # when > 1; not yet timed on a GPU)
     },
     # CPU interpreter (tests): large tiles mean fewer interpreted loop iterations.
     "interpreter": {
@@ -139,20 +143,20 @@ def _block(d: int) -> int:
 # Phase A: per-frame Gram products
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _gram(p_x, p_y, p_beta, S, stride_xs, stride_ys, stride_bs, o_x, DX, DY,
+def _gram(p_x, p_y, p_beta, s_lo, s_hi, stride_xs, stride_ys, stride_bs, o_x, DX, DY,
           BLOCK_S: tl.constexpr, BX: tl.constexpr, BY: tl.constexpr, SAME: tl.constexpr,
           NUM_STAGES: tl.constexpr, PRECISION: tl.constexpr):
-    """Rows o_x of sum_s x_s^T (beta_s y_s) -> [BX, BY], and sum_s beta_s y_s -> [BY] (x, y: [S, D] tiles).
-    SAME: x is y (all rows), loaded once."""
+    """Rows o_x of sum_s x_s^T (beta_s y_s) -> [BX, BY], and sum_s beta_s y_s -> [BY] (x, y: [S, D] tiles), over
+    tokens s_lo <= s < s_hi. SAME: x is y (all rows), loaded once."""
     o_s = tl.arange(0, BLOCK_S)
     o_y = tl.arange(0, BY)
     m_x = o_x < DX
     m_y = o_y < DY
     b_acc = tl.zeros([BX, BY], dtype=tl.float32)
     b_sum = tl.zeros([BY], dtype=tl.float32)
-    for s0 in tl.range(0, S, BLOCK_S, num_stages=NUM_STAGES):
+    for s0 in tl.range(s_lo, s_hi, BLOCK_S, num_stages=NUM_STAGES):
         o_t = s0 + o_s
-        m_s = o_t < S
+        m_s = o_t < s_hi
         b_beta = tl.load(p_beta + o_t * stride_bs, mask=m_s, other=0.0).to(tl.float32)
         b_y = tl.load(p_y + o_t[:, None] * stride_ys + o_y[None, :], mask=m_s[:, None] & m_y[None, :],
                       other=0.0).to(tl.float32)
@@ -178,15 +182,18 @@ def _gdn_phase_a_kernel(
     stride_vb, stride_vh, stride_vt, stride_vs,
     stride_bb, stride_bh, stride_bt, stride_bs,
     H, T, S, DK, DV,
-    BLOCK_S: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NROW: tl.constexpr, HAS_Z: tl.constexpr,
-    NUM_STAGES: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_S: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NROW: tl.constexpr, SPLIT: tl.constexpr,
+    HAS_Z: tl.constexpr, NUM_STAGES: tl.constexpr, PRECISION: tl.constexpr,
 ):
     # When B*H*T alone does not fill the GPU, each product's output rows are split over NROW programs
-    # (the y operand is then re-read from L2); every program covers all S tokens, so the products are
-    # complete here and phase B reads them as they are.
+    # (the y operand is then re-read from L2), and with SPLIT > 1 its tokens over SPLIT programs, which add
+    # their partial sums into the zeroed outputs (fp32 atomics: the order of the additions, and so the last
+    # bits of the sums, may differ between runs). With SPLIT = 1 every program covers all S tokens and
+    # stores complete products; phase B reads them as they are either way.
     # Programs of one frame are adjacent in launch order (axis 0), so their shared operand tiles meet in L2.
-    i_p = tl.program_id(0) // NROW    # 0: A, 1: U, 2: Az / uz
-    i_r = tl.program_id(0) % NROW     # block of output rows
+    i_p = tl.program_id(0) // (NROW * SPLIT)           # 0: A, 1: U, 2: Az / uz
+    i_r = tl.program_id(0) // SPLIT % NROW             # block of output rows
+    i_sp = tl.program_id(0) % SPLIT                    # block of tokens
     i_bht = tl.program_id(1)          # (b * H + h) * T + t
     i_bh = i_bht // T
     i_t = i_bht % T
@@ -194,6 +201,9 @@ def _gdn_phase_a_kernel(
     i_h = i_bh % H
     BKR: tl.constexpr = BK // NROW
     BVR: tl.constexpr = BV // NROW
+    s_per = tl.cdiv(tl.cdiv(S, SPLIT), BLOCK_S) * BLOCK_S
+    s_lo = i_sp * s_per
+    s_hi = tl.minimum(S, s_lo + s_per)
     o_k = tl.arange(0, BK)
     o_kr = i_r * BKR + tl.arange(0, BKR)
     o_vr = i_r * BVR + tl.arange(0, BVR)
@@ -201,21 +211,34 @@ def _gdn_phase_a_kernel(
     p_beta_t = p_beta + i_b * stride_bb + i_h * stride_bh + i_t * stride_bt
     o_slot = i_bht.to(tl.int64)
     if i_p == 0:
-        b_A, _ = _gram(p_kr_t, p_kr_t, p_beta_t, S, stride_krs, stride_krs, stride_bs, o_kr, DK, DK,
+        b_A, _ = _gram(p_kr_t, p_kr_t, p_beta_t, s_lo, s_hi, stride_krs, stride_krs, stride_bs, o_kr, DK, DK,
                        BLOCK_S, BKR, BK, NROW == 1, NUM_STAGES, PRECISION)
-        tl.store(p_A + o_slot * BK * BK + o_kr[:, None] * BK + o_k[None, :], b_A)
+        _put(p_A + o_slot * BK * BK + o_kr[:, None] * BK + o_k[None, :], b_A, SPLIT)
     elif i_p == 1:
         p_v_t = p_v + i_b * stride_vb + i_h * stride_vh + i_t * stride_vt
-        b_U, _ = _gram(p_v_t, p_kr_t, p_beta_t, S, stride_vs, stride_krs, stride_bs, o_vr, DV, DK,
+        b_U, _ = _gram(p_v_t, p_kr_t, p_beta_t, s_lo, s_hi, stride_vs, stride_krs, stride_bs, o_vr, DV, DK,
                        BLOCK_S, BVR, BK, False, NUM_STAGES, PRECISION)
-        tl.store(p_U + o_slot * BV * BK + o_vr[:, None] * BK + o_k[None, :], b_U)
+        _put(p_U + o_slot * BV * BK + o_vr[:, None] * BK + o_k[None, :], b_U, SPLIT)
     else:
         if HAS_Z:
             p_k_t = p_k + i_b * stride_kb + i_h * stride_kh + i_t * stride_kt
-            b_Az, b_uz = _gram(p_k_t, p_k_t, p_beta_t, S, stride_ks, stride_ks, stride_bs, o_kr, DK, DK,
+            b_Az, b_uz = _gram(p_k_t, p_k_t, p_beta_t, s_lo, s_hi, stride_ks, stride_ks, stride_bs, o_kr, DK, DK,
                                BLOCK_S, BKR, BK, NROW == 1, NUM_STAGES, PRECISION)
-            tl.store(p_Az + o_slot * BK * BK + o_kr[:, None] * BK + o_k[None, :], b_Az)
-            tl.store(p_uz + o_slot * BK + o_k, b_uz, mask=o_k < tl.where(i_r == 0, BK, 0))
+            _put(p_Az + o_slot * BK * BK + o_kr[:, None] * BK + o_k[None, :], b_Az, SPLIT)
+            m_uz = o_k < tl.where(i_r == 0, BK, 0)
+            if SPLIT == 1:
+                tl.store(p_uz + o_slot * BK + o_k, b_uz, mask=m_uz)
+            else:
+                tl.atomic_add(p_uz + o_slot * BK + o_k, b_uz, mask=m_uz, sem="relaxed")
+
+
+@triton.jit
+def _put(ptrs, values, SPLIT: tl.constexpr):
+    """Store a complete product, or add a token block's partial sum into the zeroed output."""
+    if SPLIT == 1:
+        tl.store(ptrs, values)
+    else:
+        tl.atomic_add(ptrs, values, sem="relaxed")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -456,16 +479,19 @@ def _run(q, k, v, beta, g, q_rot, k_rot, *, do_fwd, do_bwd, initial_state, with_
            and BV // (2 * nrow) >= 16):
         nrow *= 2
     prec_a = _dot_precision(k, _PREC_PHASE_A_LOW)
-    buf_A = _alloc((n_bht, BK, BK), device)
-    buf_U = _alloc((n_bht, BV, BK), device)
-    buf_Az = _alloc((n_bht, BK, BK), device) if with_z else buf_A
-    buf_uz = _alloc((n_bht, BK), device) if with_z else buf_A
-    _gdn_phase_a_kernel[(n_prod * nrow, n_bht)](
+    split = max(1, int(cfg.get("a_split_s", 1)))
+    # Token-split programs add into their outputs: those start at zero (never NaN-filled).
+    alloc_a = _alloc if split == 1 else (lambda shape, dev: torch.zeros(shape, dtype=torch.float32, device=dev))
+    buf_A = alloc_a((n_bht, BK, BK), device)
+    buf_U = alloc_a((n_bht, BV, BK), device)
+    buf_Az = alloc_a((n_bht, BK, BK), device) if with_z else buf_A
+    buf_uz = alloc_a((n_bht, BK), device) if with_z else buf_A
+    _gdn_phase_a_kernel[(n_prod * nrow * split, n_bht)](
         k, k_rot, v, beta, buf_A, buf_U, buf_Az, buf_uz,
         *k.stride()[:4], *k_rot.stride()[:4], *v.stride()[:4], *beta.stride(),
         H, T, S, DK, DV,
-        BLOCK_S=cfg["a_block_s_bf16" if prec_a == "bf16" else "a_block_s"], BK=BK, BV=BV, NROW=nrow, HAS_Z=with_z,
-        NUM_STAGES=cfg["a_stages"], PRECISION=prec_a, num_warps=cfg["a_warps"],
+        BLOCK_S=cfg["a_block_s_bf16" if prec_a == "bf16" else "a_block_s"], BK=BK, BV=BV, NROW=nrow, SPLIT=split,
+        HAS_Z=with_z, NUM_STAGES=cfg["a_stages"], PRECISION=prec_a, num_warps=cfg["a_warps"],
     )
 
     # Phase B.

@@ -230,6 +230,27 @@ def test_triton_split_rows_and_multi_tile_outputs(monkeypatch):
 
 
 @needs_triton
+@pytest.mark.parametrize("split", [2, 4])
+def test_triton_phase_a_token_split(monkeypatch, split):
+    """Phase A with its tokens split over programs that add partial Gram products atomically (`a_split_s`),
+    with row blocks too: S = 40 in blocks of 16 leaves the last split short (2: 32 + 8 tokens) or empty (4:
+    16 + 16 + 8 + 0)."""
+    from kernels import gdn_triton
+
+    cfg = dict(gdn_triton._config(torch.device(DEVICE)), a_block_s=16, a_block_s_bf16=16, a_split_s=split,
+               target_programs_per_sm=64)
+    monkeypatch.setattr(gdn_triton, "_config", lambda device: cfg)
+    inp = gdn_inputs(1, 2, 3, 40, 48, 32, device=DEVICE, initial_state=True, seed=26)
+    for with_z in (True, False):   # _triton_bidirectional NaN-fills every buffer it may leave unwritten
+        out, final = _triton_bidirectional(**inp, with_z=with_z, output_final_state=True)
+        ref, ref_final = gdn_bidirectional_reference(**inp, with_z=with_z, output_final_state=True)
+        assert_scan_close("out", out, ref)
+        assert_scan_close("final state", final[0], ref_final[0])
+        if with_z:
+            assert_scan_close("final z", final[1], ref_final[1])
+
+
+@needs_triton
 @pytest.mark.parametrize("D", [16, 112])
 def test_triton_bidirectional_fused_inverse_ucpe(D):
     """out_ucpe applies the camera branch's inverse UCPE in the output epilogue: equal to ucpe_prep(out, 'out')."""
