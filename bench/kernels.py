@@ -24,6 +24,9 @@ Rows (each Triton op against the same call with impl="reference", the fp32 PyTor
     depthwise_glu the FFN's depthwise 3x3 conv + GLU gate (kernels.glu_conv) of one chunk, bf16, against the
                   stock bf16 spelling it replaced (SiLU, cuDNN depthwise conv, gate), as the FFN calls it (the
                   input's SiLU included); depthwise_glu_sweep rows time each launch-config choice
+    sdpa          a softmax block's main attention in steady state (2640 queries over 8800 keys, 20 x 112,
+                  bf16) through each SDPA backend, at D = 112 and zero-padded to 128 (spec section 3), against
+                  the fp32 math backend
 
 Timings are triton.testing.do_bench medians (L2 flushed) on random never-zero inputs. Each row gives TFLOP/s
 and GB/s on the useful work (unpadded D; minimum traffic: every input read once, every output written once),
@@ -291,11 +294,43 @@ def _depthwise_glu_case(config=None, silu_input=False):
     return run, 0.0, act.numel() * 2 + act.numel()   # read the 2M channels, write M (bf16)
 
 
+def _sdpa_case(backend: str, pad_to: int | None = None):
+    """A softmax block's main attention in steady state: 2640 query tokens (3 frames) over 8800 keys (sink 4 +
+    ring 3 + current 3 frames), 20 heads of 112, bf16, through one SDPA backend; pad_to zero-pads the head dim
+    (the official streaming path pads 112 to 128 for FlashAttention; the scale stays 1/sqrt(128), as the config
+    says). Spec section 3's head-dim question, measured: which spelling is fastest on this GPU. The reference is
+    the math backend in fp32."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    q = torch.randn(1, H, 2640, D, device=DEVICE, generator=g).to(torch.bfloat16)
+    k = torch.randn(1, H, 8800, D, device=DEVICE, generator=g).to(torch.bfloat16)
+    v = torch.randn(1, H, 8800, D, device=DEVICE, generator=g).to(torch.bfloat16)
+    scale = 128 ** -0.5
+    chosen = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION,
+              "efficient": SDPBackend.EFFICIENT_ATTENTION}[backend]
+    qp, kp, vp = ((F.pad(t, (0, pad_to - D)) for t in (q, k, v)) if pad_to else (q, k, v))
+
+    def run(impl):
+        if impl == "triton":   # the backend under test
+            with sdpa_kernel(chosen):
+                out = F.scaled_dot_product_attention(qp, kp, vp, scale=scale)
+            return out[..., :D]
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=scale)
+
+    return run, 4.0 * 2640 * 8800 * D * H, 2 * (q.numel() + k.numel() + v.numel() + q.numel())
+
+
 def build_cases(quick: bool) -> list[dict]:
     from kernels.glu_conv_triton import CONFIG_CHOICES
 
     cases = [{"op": "depthwise_glu", "shape": "3x22x40x13440+silu", "bf16": True,
               "make": lambda: _depthwise_glu_case(silu_input=True)}]
+    for backend, pad in (("cudnn", None), ("cudnn", 128), ("flash", None), ("flash", 128), ("efficient", None)):
+        cases.append({"op": "sdpa", "bf16": True, "shape": f"{backend} D={pad or D}",
+                      "make": lambda b=backend, p=pad: _sdpa_case(b, p)})
     for cfg in CONFIG_CHOICES:   # the launch-config choices (kernels.glu_conv_triton.CONFIG), as the FFN calls it
         cases.append({"op": "depthwise_glu_sweep", "bf16": True, "shape": "-".join(map(str, cfg)),
                       "make": lambda c=cfg: _depthwise_glu_case(c, silu_input=True)})
@@ -446,7 +481,11 @@ def main(argv: list[str] | None = None) -> int:
     for case in build_cases(args.quick):
         if only and case["op"] not in only:
             continue
-        row = run_case(do_bench, case, ceilings)
+        try:
+            row = run_case(do_bench, case, ceilings)
+        except RuntimeError as exc:   # e.g. an SDPA backend without a kernel for this shape on this GPU
+            print(f"  {case['op']:<12} {case['shape']:<16} not run: {str(exc).splitlines()[0][:120]}", flush=True)
+            continue
         rows.append(row)
         if args.json:              # keep what is measured so far, should the run be cut short
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -175,7 +175,8 @@ def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None, confi
     kind, size, block_c, warps, silu_inside = config or CONFIG
     if silu_input and not silu_inside:
         act = torch.nn.functional.silu(act)
-    common = dict(HAS_BIAS=bias is not None, SILU_IN=silu_input and silu_inside, BLOCK_C=block_c, num_warps=warps)
+    common = {"HAS_BIAS": bias is not None, "SILU_IN": silu_input and silu_inside, "BLOCK_C": block_c,
+              "num_warps": warps}
     strides = (*act.stride()[:3], *out.stride()[:3])
     if kind == "tiles":
         grid = (triton.cdiv(H * W, size), triton.cdiv(M, block_c), N)
