@@ -1,28 +1,19 @@
 """The decoder's one-pass conv input (`kernels.decoder_prep.conv_input`) against its PyTorch reference.
 
-On CPU the Triton kernel runs under TRITON_INTERPRET=1 (set here before the kernel module is imported) at small
-fp32 shapes; tests/gpu/test_decoder_prep_gpu.py runs it at the LTX-2 decoder's shapes in bf16.
+On CPU the Triton kernel runs under TRITON_INTERPRET=1 (tests/triton_setup.py, imported before the kernel
+module) at small fp32 shapes; tests/gpu/test_decoder_prep_gpu.py runs it at the LTX-2 decoder's shapes in bf16.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from tests.triton_setup import DEVICE, needs_triton  # noqa: I001 - before the kernel modules
 
 import pytest
 import torch.nn.functional as F
 
 from kernels.decoder_prep import conv_input, conv_input_reference
 from tests.tolerances import FP32_REL, rel_err
-
-RUN_TRITON = importlib.util.find_spec("triton") is not None and (
-    torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-needs_triton = pytest.mark.skipif(not RUN_TRITON, reason="needs CUDA or TRITON_INTERPRET=1 with triton")
 
 # (B, C, T, H, W, pad_frames, ph, pw): channels not a multiple of the 32-channel step, frame sizes not a multiple
 # of the 64-position block, T = 1, no padding, wider padding, a single-row frame with column padding only.

@@ -6,13 +6,11 @@ shapes. Full shapes, bf16 and graph capture are in tests/gpu/test_gdn_kernels_gp
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from tests.triton_setup import DEVICE, HAVE_TRITON, needs_triton  # noqa: I001 - before the kernel modules
 
 import pytest
 
@@ -20,11 +18,6 @@ from kernels import gdn, prep
 from kernels.gdn_reference import gdn_bidirectional_reference, gdn_scan_chunked, gdn_scan_recurrent
 from kernels.gdn_triton_testing import chunk_causal_chunks, gdn_inputs, prep_inputs, random_rigid, ucpe_inputs
 from tests.tolerances import BF16_REL, FP32_REL, TF32_REL, rel_err
-
-HAVE_TRITON = importlib.util.find_spec("triton") is not None
-RUN_TRITON = HAVE_TRITON and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-needs_triton = pytest.mark.skipif(not RUN_TRITON, reason="needs CUDA or TRITON_INTERPRET=1 with triton")
 
 # (B, H, T, S, D, Dv): odd token counts (not multiples of the 64-token blocks), T = 1, T = 4, a head dim
 # that is not a power of two, D = 112 as in the model, and Dv != Dk.
@@ -210,6 +203,17 @@ def test_triton_many_chunks_and_strided_inputs():
     assert_scan_close("final state", final[0], ref_final[0])
 
 
+def _check_with_and_without_z(inp: dict) -> None:
+    """The Triton bidirectional scan (buffers NaN-filled) against the reference, with and without the z stream."""
+    for with_z in (True, False):
+        out, final = _triton_bidirectional(**inp, with_z=with_z, output_final_state=True)
+        ref, ref_final = gdn_bidirectional_reference(**inp, with_z=with_z, output_final_state=True)
+        assert_scan_close("out", out, ref)
+        assert_scan_close("final state", final[0], ref_final[0])
+        if with_z:
+            assert_scan_close("final z", final[1], ref_final[1])
+
+
 @needs_triton
 def test_triton_split_rows_and_multi_tile_outputs(monkeypatch):
     """Launch shapes the GPU configs use at small B*H*T: phase A products split over output-row blocks, phase
@@ -220,13 +224,7 @@ def test_triton_split_rows_and_multi_tile_outputs(monkeypatch):
                c_block_s=16, c_tiles=2)
     monkeypatch.setattr(gdn_triton, "_config", lambda device: cfg)
     inp = gdn_inputs(1, 1, 3, 40, 48, 64, device=DEVICE, initial_state=True, seed=25)   # BK = BV = 64: 4 blocks
-    for with_z in (True, False):
-        out, final = _triton_bidirectional(**inp, with_z=with_z, output_final_state=True)
-        ref, ref_final = gdn_bidirectional_reference(**inp, with_z=with_z, output_final_state=True)
-        assert_scan_close("out", out, ref)
-        assert_scan_close("final state", final[0], ref_final[0])
-        if with_z:
-            assert_scan_close("final z", final[1], ref_final[1])
+    _check_with_and_without_z(inp)
 
 
 @needs_triton
@@ -241,13 +239,7 @@ def test_triton_phase_a_token_split(monkeypatch, split):
                target_programs_per_sm=64)
     monkeypatch.setattr(gdn_triton, "_config", lambda device: cfg)
     inp = gdn_inputs(1, 2, 3, 40, 48, 32, device=DEVICE, initial_state=True, seed=26)
-    for with_z in (True, False):   # _triton_bidirectional NaN-fills every buffer it may leave unwritten
-        out, final = _triton_bidirectional(**inp, with_z=with_z, output_final_state=True)
-        ref, ref_final = gdn_bidirectional_reference(**inp, with_z=with_z, output_final_state=True)
-        assert_scan_close("out", out, ref)
-        assert_scan_close("final state", final[0], ref_final[0])
-        if with_z:
-            assert_scan_close("final z", final[1], ref_final[1])
+    _check_with_and_without_z(inp)
 
 
 @needs_triton

@@ -1,29 +1,20 @@
 """The FFN's fused depthwise conv + GLU gate (`kernels.glu_conv.depthwise_glu`) against its PyTorch reference,
 and the reference against the FFN's original spelling (nn.Conv2d modules, NCHW).
 
-On CPU the Triton kernel runs under TRITON_INTERPRET=1 (set here before the kernel module is imported) at small
-fp32 shapes; tests/gpu/test_glu_conv_gpu.py runs it at the full model's shape in bf16.
+On CPU the Triton kernel runs under TRITON_INTERPRET=1 (tests/triton_setup.py, imported before the kernel
+module) at small fp32 shapes; tests/gpu/test_glu_conv_gpu.py runs it at the full model's shape in bf16.
 """
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+from tests.triton_setup import DEVICE, needs_triton  # noqa: I001 - before the kernel modules
 
 import pytest
 import torch.nn.functional as F
 
 from kernels.glu_conv import depthwise_glu, depthwise_glu_reference
 from tests.tolerances import FP32_REL, rel_err
-
-RUN_TRITON = importlib.util.find_spec("triton") is not None and (
-    torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1")
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-needs_triton = pytest.mark.skipif(not RUN_TRITON, reason="needs CUDA or TRITON_INTERPRET=1 with triton")
 
 # (N, H, W, M): M not a multiple of the channel block, frames not a multiple of the position block, N = 1, a
 # single row, a single column, a 1x1 frame (every neighbour is padding).
