@@ -188,13 +188,14 @@ class Explorer:
             flags = pygame.OPENGL | pygame.DOUBLEBUF | pygame.RESIZABLE
             if self.opts.fullscreen:
                 flags |= pygame.FULLSCREEN
+            # Named before the window exists, so it never shows pygame's default title.
+            pygame.display.set_caption("SANA-WM explorer")
             try:
                 self.surface = pygame.display.set_mode(self.opts.size, flags)
                 self.ctx = moderngl.create_context()
             except Exception as exc:  # noqa: BLE001  (pygame.error, or glcontext's plain Exception)
                 pygame.quit()
                 raise ExplorerStartError(f"cannot open an OpenGL 3.3 window: {exc}") from None
-            pygame.display.set_caption("SANA-WM explorer")
         from .display import Display
 
         size = self.opts.size if self.opts.headless else pygame.display.get_window_size()

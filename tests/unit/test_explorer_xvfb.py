@@ -167,7 +167,8 @@ def test_window_keys_screenshot_and_hud(tmp_path):
     with xvfb() as display:
         win = ExplorerWindow(display, tmp_path, record=record)
         try:
-            assert win.title() == "SANA-WM explorer"
+            # The X server may report the name a moment after the window appears.
+            win.wait_for(lambda: win.title() == "SANA-WM explorer", 10, "the window's title")
             win.wait_for(lambda: (_sidecar(side) or {}).get("frames_written", 0) >= 20, 60, "the first frames")
             win.hold("w", 2.0)                                     # a real key, through the X server
             win.wait_for(lambda: "w" in ((_sidecar(side) or {}).get("actions") or ""), 60, "frames walked with W")
