@@ -74,7 +74,7 @@ def git_commit() -> str:
 
 def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chunks: int = 10, warmup: int = 3,
               decode: bool = True, device: str = "cuda", seed: int = 0, cuda_graphs: bool = True,
-              compile: bool = False, profile: str | None = None) -> dict:
+              compile: bool = False, profile: str | None = None, scope: str = "official") -> dict:
     from runtime.model import build_model
     from runtime.pipeline import latent_intrinsics
     from runtime.session import WorldSession
@@ -87,9 +87,9 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
     t_build = time.perf_counter()
     net = build_model(model, device=dev, dtype=dtype, init="random", seed=seed)
     if precision != "bf16":
-        from quant import quantize
+        from quant import default_policy, quantize
 
-        quantize(net, precision)
+        quantize(net, default_policy(precision, scope))
     if compile:
         from runtime.model import compile_blocks
 
@@ -151,7 +151,8 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
     video_s = frames_per_chunk / cfg.fps
     p50_gen, p50_total = statistics.median(gen_ms), statistics.median(total_ms)
     result = {
-        "model": model, "precision": precision, "device": torch.cuda.get_device_name(dev) if cuda else
+        "model": model, "precision": precision, "quant_scope": scope if precision != "bf16" else None,
+        "device": torch.cuda.get_device_name(dev) if cuda else
         platform.processor() or "cpu", "chunks_timed": len(gen_ms), "warmup_chunks": warmup,
         "build_s": round(build_s, 2), "time_to_first_frame_s": round(ttff, 4),
         "first_chunk_ms": round(first.timings["total_ms"], 2),
@@ -226,7 +227,8 @@ def _sync(dev):
 
 
 def format_table(r: dict) -> str:
-    rows = [("GPU / device", r["device"]), ("model / precision", f"{r['model']} / {r['precision']}"),
+    scope = f" ({r['quant_scope']} scope)" if r.get("quant_scope") else ""
+    rows = [("GPU / device", r["device"]), ("model / precision", f"{r['model']} / {r['precision']}{scope}"),
             ("time to first frame", f"{r['time_to_first_frame_s']:.3f} s"),
             ("generator ms/chunk p50 / p95", f"{r['generator_ms_per_chunk_p50']} / {r['generator_ms_per_chunk_p95']}"),
             ("generator fps, x real time", f"{r['generator_fps']}, {r['generator_x_realtime']}x")]

@@ -106,7 +106,7 @@ def cmd_bench(args) -> int:
                          "for a CPU figure)")
     result = run_bench(args.model, precision=args.precision, chunks=args.chunks, warmup=args.warmup,
                        decode=args.decode, device=args.device, cuda_graphs=args.graphs,
-                       compile=args.compile, profile=args.profile)
+                       compile=args.compile, profile=args.profile, scope=args.scope)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
@@ -355,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="streaming speed with random weights (GPU)")
     b.add_argument("--model", default="sana-wm-streaming", help="sana-wm-streaming, tiny-world or a config path")
     b.add_argument("--precision", default="bf16", choices=["bf16", "fp8", "nvfp4"])
+    b.add_argument("--scope", default="official", choices=["official", "compact"],
+                   help="which layers fp8 / nvfp4 quantize (as `sana-wm quantize --scope`)")
     b.add_argument("--chunks", type=int, default=10, help="timed chunks")
     b.add_argument("--warmup", type=int, default=3, help="untimed chunks (the CUDA graph is captured in chunk 2)")
     b.add_argument("--decode", action=argparse.BooleanOptionalAction, default=True, help="include the decoder")
