@@ -238,7 +238,7 @@ class FP8Conv1x1(_Conv1x1, FP8Linear):
 class _TemporalConv:
     """Conv2d with a (k, 1) kernel (the FFN's temporal mix over frames) holding a quantized weight, stored 2-D as
     [out, in * k] (the conv weight flattened, as ModelOpt stores conv weights). The model reads the dequantized
-    kernel through `conv_weight`; `forward` is the plain convolution."""
+    kernel through `conv_weight`; `forward` is the plain convolution, or the GEMM over token-major taps."""
 
     taps: int = 1
     """k, the kernel height (frames)."""
@@ -259,7 +259,11 @@ class _TemporalConv:
         return w.view(self.out_features, self.in_features // self.taps, self.taps, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, in, H, W] -> [B, out, H, W] (nn.Conv2d semantics)."""
+        """[B, in, H, W] -> [B, out, H, W] (nn.Conv2d semantics), or taps [N, in * k] -> [N, out]: row n holds
+        the k frames of its pixel interleaved per input channel (the flattened kernel's (in, k) order), which the
+        runtime's FFN builds itself and runs through the quantized GEMM."""
+        if x.ndim == 2 and x.shape[1] == self.in_features:
+            return self.linear(x)
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.conv2d(x, self.conv_weight(x.dtype), bias, padding=(self.pad, 0))
 

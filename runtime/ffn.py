@@ -54,7 +54,6 @@ class GLUMBConvTemp(nn.Module):
 
     def temporal_mix(self, y: Tensor, chunks, left_frame, cache_out) -> Tensor:
         B, T, S, C = y.shape
-        w = _conv_weight(self.t_conv, y.dtype)                      # [C_out, C_in, 3, 1]
         zero = y.new_zeros(B, 1, S, C)
         prev = torch.cat([zero if left_frame is None else left_frame[:, None].to(y.dtype), y[:, :-1]], dim=1)
         nxt = torch.cat([y[:, 1:], zero], dim=1)
@@ -65,8 +64,12 @@ class GLUMBConvTemp(nn.Module):
         # One GEMM over the three taps: [prev, y, next] interleaved per channel is the (C_in, tap) order of the
         # conv weight, so its [C_out, C_in * 3] view needs no copy (three GEMMs on w[:, :, k] each copied a
         # strided C x C weight per call).
-        taps = torch.stack([prev, y, nxt], dim=-1).flatten(-2)      # [B, T, S, C * 3]
-        return taps @ w.reshape(w.shape[0], -1).T
+        taps = torch.stack([prev, y, nxt], dim=-1).view(B * T * S, C * 3)
+        if isinstance(self.t_conv, nn.Conv2d):
+            out = taps @ self.t_conv.weight.reshape(C, -1).T
+        else:   # quantized (quant.linear, compact scope): its own GEMM (FP8 x FP8 for fp8), seen by forward hooks
+            out = self.t_conv(taps)
+        return out.view(B, T, S, C)
 
 
 def _pointwise(conv: nn.Module, tokens: Tensor) -> Tensor:
@@ -75,8 +78,3 @@ def _pointwise(conv: nn.Module, tokens: Tensor) -> Tensor:
     if isinstance(conv, nn.Conv2d):
         return F.linear(tokens, conv.weight.flatten(1), conv.bias)
     return conv(tokens)
-
-
-def _conv_weight(conv: nn.Module, dtype: torch.dtype) -> Tensor:
-    """A conv's kernel; quantized temporal convs (quant.linear) hold it packed and decode it here."""
-    return conv.conv_weight(dtype) if hasattr(conv, "conv_weight") else conv.weight

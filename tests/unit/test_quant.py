@@ -590,6 +590,12 @@ def test_compact_scope_quantizes_camera_and_temporal_conv(fmt):
     assert isinstance(tconv, NVFP4TemporalConv if fmt == "nvfp4" else FP8TemporalConv)
     x = torch.randn(1, 128, 4, 6)
     assert torch.allclose(tconv(x), F.conv2d(x, tconv.conv_weight(), padding=(1, 0)), atol=1e-5)
+    # Token-major taps, as the runtime's FFN passes them: one row per (frame, pixel), its 3 frames interleaved
+    # per channel; the GEMM gives the convolution's output.
+    frames = F.pad(x, (0, 0, 1, 1))                                   # zero frame before and after
+    taps = torch.stack([frames[:, :, k:k + x.shape[2]] for k in range(3)], dim=-1)   # [1, C, T, P, 3]
+    taps = taps.permute(0, 2, 3, 1, 4).reshape(-1, x.shape[1] * 3)
+    assert torch.allclose(tconv(taps), tconv(x).permute(0, 2, 3, 1).reshape(-1, x.shape[1]), atol=1e-5)
 
     # The float model with every quantized weight replaced by its decoded value gives the same output.
     decoded = copy.deepcopy(base)
