@@ -427,6 +427,7 @@ def tune(do_bench, quick: bool) -> dict:
             print(f"  tune {cfg}: failed ({type(exc).__name__}: {str(exc)[:80]})")
             return float("inf")
 
+    score(best)                 # warm-up: the first timing also pays compilation / autotuning (round 12: 2x)
     best_ms = score(best)
     print(f"  tune start {best} -> {best_ms:.4f} ms")
     for phase, options in SWEEP.items():
