@@ -14,6 +14,7 @@ Rows (each Triton op against the same call with impl="reference", the fp32 PyTor
     scan_fwd      gdn_scan forward with the z stream
     gdn_prep      RMSNorm + ReLU + key scale + heads + RoPE from bf16 [B, T, S, 2240] projections
     ucpe_prep     the camera per-ray transform (mode kv)
+    ucpe_out16    the softmax camera branch's inverse UCPE as the model calls it (bf16, token-major output)
     ucpe_qkv      the fused camera prep (ucpe_qkv_prep) from bf16 projections
     layer         the GDN layer as runtime/attention.py composes it: main prep + main bidirectional + camera
                   prep (gdn_prep, UCPE q/k/v, beta discount) + camera bidirectional + inverse UCPE
@@ -154,6 +155,24 @@ def _ucpe_case(T):
 
     def run(impl):
         return prep.ucpe_prep(x, P, cc, cs, "kv", impl=impl)
+
+    return run, 0.0, nbytes
+
+
+def _ucpe_out_case(token_major: bool):
+    """The softmax camera branch's inverse UCPE as the model calls it: bf16 SDPA output [B, H, T*S, D] in, bf16
+    out, token-major (what out_proj_cam reads) or head-major (plus the transposing copy the model then needs)."""
+    from kernels.gdn_triton_testing import ucpe_inputs
+
+    x, P, cc, cs = ucpe_inputs(B, H, 3, S, D, device=DEVICE, seed=7)
+    x = x.to(torch.bfloat16)
+    nbytes = 2 * _nbytes(x) + _nbytes(P, cc, cs)
+
+    def run(impl):
+        if token_major:
+            return prep.ucpe_prep(x, P, cc, cs, "out", out_dtype=torch.bfloat16, token_major=True, impl=impl)
+        out = prep.ucpe_prep(x, P, cc, cs, "out", out_dtype=torch.bfloat16, impl=impl)
+        return out.permute(0, 2, 3, 1, 4).contiguous()
 
     return run, 0.0, nbytes
 
@@ -334,6 +353,9 @@ def build_cases(quick: bool) -> list[dict]:
     for cfg in CONFIG_CHOICES:   # the launch-config choices (kernels.glu_conv_triton.CONFIG), as the FFN calls it
         cases.append({"op": "depthwise_glu_sweep", "bf16": True, "shape": "-".join(map(str, cfg)),
                       "make": lambda c=cfg: _depthwise_glu_case(c, silu_input=True)})
+    for token_major in (True, False):
+        cases.append({"op": "ucpe_out16", "shape": "T=3 " + ("token-major" if token_major else "head-major + copy"),
+                      "bf16": True, "make": lambda t=token_major: _ucpe_out_case(t)})
     for T in STREAM_T:
         for init in (True, False):
             tag = f"T={T} {'state' if init else 'fresh'}"

@@ -191,8 +191,7 @@ def default_resource_cases() -> list[tuple]:
     token = {"BLOCK_H": 32, "BLOCK_D": 128, "RELU": True}
     cases.append(("gdn_prep", pt._gdn_prep_kernel, token, bf16_in, warps, 3))
     cases.append(("ucpe_qkv_prep", pt._ucpe_qkv_prep_kernel, token, bf16_in, warps, 3))
-    cases.append(("ucpe_prep", pt._ucpe_prep_kernel,
-                  {"BLOCK_S": pt._UCPE_BLOCK_S, "BLOCK_G": 16, "BLOCK_R": 32, "MODE": 1}, {}, 4, 3))
+    cases.append(("ucpe_prep", pt._ucpe_prep_kernel, {"BLOCK_H": 32, "BLOCK_D": 128, "MODE": 1}, {}, warps, 3))
     return cases
 
 

@@ -214,6 +214,20 @@ def _(x, P, cam_cos, cam_sin, mode, out_dtype):
     return x.new_empty(x.shape, dtype=out_dtype)
 
 
+@torch.library.custom_op("sana_wm::ucpe_prep_tokens", mutates_args=())
+def _ucpe_prep_tokens_op(x: Tensor, P: Tensor, cam_cos: Tensor, cam_sin: Tensor, mode: str,
+                         out_dtype: torch.dtype) -> Tensor:
+    from kernels.prep_triton import ucpe_prep_triton
+
+    return ucpe_prep_triton(x, P, cam_cos, cam_sin, mode, out_dtype=out_dtype, token_major=True)
+
+
+@_ucpe_prep_tokens_op.register_fake
+def _(x, P, cam_cos, cam_sin, mode, out_dtype):
+    B, H, T, S, D = x.shape
+    return x.new_empty((B, T, S, H, D), dtype=out_dtype)
+
+
 @torch.library.custom_op("sana_wm::ucpe_qkv_prep", mutates_args=())
 def _ucpe_qkv_prep_op(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: Tensor, P: Tensor,
                       cam_cos: Tensor, cam_sin: Tensor, num_heads: int, key_scale: float, eps: float, relu: bool,
@@ -267,7 +281,7 @@ def gdn_prep(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, rope_cos:
 
 
 def ucpe_prep(x: Tensor, P: Tensor, cam_cos: Tensor, cam_sin: Tensor, mode: str, *,
-              out_dtype: torch.dtype = torch.float32, impl: str = "auto") -> Tensor:
+              out_dtype: torch.dtype = torch.float32, token_major: bool = False, impl: str = "auto") -> Tensor:
     """UCPE per-ray transform of the camera branch (spec 4.3 step 3).
 
     Args:
@@ -277,14 +291,18 @@ def ucpe_prep(x: Tensor, P: Tensor, cam_cos: Tensor, cam_sin: Tensor, mode: str,
         mode: "q" (groups g -> P^T g, RoPE), "kv" (g -> P^-1 g, RoPE) or "out" (g -> P g, inverse RoPE).
             The first D/2 dims are D/8 groups of 4 consecutive dims.
         out_dtype: dtype of the result (fp32 default).
+        token_major: return [B, T, S, H, D] (contiguous: [B, T, S, H * D] is a view of it, the layout the
+            camera branch's output projection reads) instead of [B, H, T, S, D].
         impl: "auto" (Triton on CUDA), "triton" or "reference".
     Returns:
-        [B, H, T, S, D] in out_dtype.
+        [B, H, T, S, D] (or [B, T, S, H, D]) in out_dtype.
     """
     if _use_triton(x, impl):
         _check_ucpe(x, P, cam_cos, cam_sin, mode)
-        return torch.ops.sana_wm.ucpe_prep(x, P, cam_cos, cam_sin, mode, out_dtype)
-    return ucpe_prep_reference(x, P, cam_cos, cam_sin, mode).to(out_dtype)
+        op = torch.ops.sana_wm.ucpe_prep_tokens if token_major else torch.ops.sana_wm.ucpe_prep
+        return op(x, P, cam_cos, cam_sin, mode, out_dtype)
+    out = ucpe_prep_reference(x, P, cam_cos, cam_sin, mode).to(out_dtype)
+    return out.permute(0, 2, 3, 1, 4).contiguous() if token_major else out
 
 
 def ucpe_qkv_prep(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: Tensor, P: Tensor,

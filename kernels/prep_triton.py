@@ -4,9 +4,10 @@
   [H, D] tile: the full-channel RMS is one reduction over the tile, RoPE pairs come from splitting the
   tile into its even / odd columns, and the four results are written straight into the head-major
   [B, H, T, S, D] scan layout (one 4*D-byte row per head).
-* `_ucpe_prep_kernel`: one program per (b, h, t, block of tokens): the 4x4 per-token matrix is built in
-  registers from P (transpose / rigid inverse / identity map by mode) and applied to the D/8 groups of 4,
-  the last D/2 dims get the (inverse) camera RoPE.
+* `_ucpe_prep_kernel`: one program per token holding all its heads as an [H, D] tile: the 4x4 matrix is
+  built in registers from the token's P (transpose / rigid inverse / identity map by mode) and applied to the
+  D/8 groups of 4, the last D/2 dims get the (inverse) camera RoPE; the result goes to the head-major
+  [B, H, T, S, D] layout or, token-major, to [B, T, S, H, D] (the camera output's layout for out_proj_cam).
 * `_ucpe_qkv_prep_kernel`: the camera branch's whole prep per token: norms of q and k over all C channels,
   UCPE of q, k, v on [H, D] tiles (the pose is per token, so one 4x4 serves all heads), and the per-head
   key-norm inflation. The 4-groups are taken apart in registers by reshaping the tile to [H, D/4, 2, 2] and
@@ -25,8 +26,6 @@ from torch import Tensor
 from kernels.prep import UCPE_MODES, _check_prep, _check_ucpe, _check_ucpe_qkv
 
 __all__ = ["gdn_prep_triton", "ucpe_prep_triton", "ucpe_qkv_prep_triton"]
-
-_UCPE_BLOCK_S = 32
 
 
 def _prep_warps(tile: int) -> int:
@@ -128,109 +127,94 @@ def gdn_prep_triton(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, ro
 def _ucpe_prep_kernel(
     p_x, p_P, p_cos, p_sin, p_out,
     stride_xb, stride_xh, stride_xt, stride_xs,
+    stride_ob, stride_oh, stride_ot, stride_os,
     stride_ct, stride_cs, stride_st, stride_ss,
-    H, T, S, D,
-    BLOCK_S: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_R: tl.constexpr, MODE: tl.constexpr,
+    T, S, H, D,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, MODE: tl.constexpr,
 ):
     # MODE 0: g -> P^T g, RoPE.   1: g -> P^-1 g (rigid), RoPE.   2: g -> P g, inverse RoPE.
-    i_sb = tl.program_id(0)
-    i_bht = tl.program_id(1)
-    i_t = i_bht % T
-    i_bh = i_bht // T
-    i_b = i_bh // H
-    i_h = i_bh % H
-    o_s = i_sb * BLOCK_S + tl.arange(0, BLOCK_S)
-    m_s = o_s < S
+    i_tok = tl.program_id(0)
+    i_b = i_tok // (T * S)
+    i_t = (i_tok // S) % T
+    i_s = i_tok % S
+    o_h = tl.arange(0, BLOCK_H)
+    o_d = tl.arange(0, BLOCK_D)
+    m_hd = (o_h < H)[:, None] & (o_d[None, :] < D)
+    b_x = tl.load(p_x + i_b.to(tl.int64) * stride_xb + i_t * stride_xt + i_s * stride_xs
+                  + o_h[:, None].to(tl.int64) * stride_xh + o_d[None, :], mask=m_hd, other=0.0).to(tl.float32)
 
-    # Per-token pose, row-major 4x4.
-    p_P_s = p_P + ((i_b * T + i_t) * S + o_s).to(tl.int64) * 16
-    p00 = tl.load(p_P_s + 0, mask=m_s, other=0.0).to(tl.float32)
-    p01 = tl.load(p_P_s + 1, mask=m_s, other=0.0).to(tl.float32)
-    p02 = tl.load(p_P_s + 2, mask=m_s, other=0.0).to(tl.float32)
-    p03 = tl.load(p_P_s + 3, mask=m_s, other=0.0).to(tl.float32)
-    p10 = tl.load(p_P_s + 4, mask=m_s, other=0.0).to(tl.float32)
-    p11 = tl.load(p_P_s + 5, mask=m_s, other=0.0).to(tl.float32)
-    p12 = tl.load(p_P_s + 6, mask=m_s, other=0.0).to(tl.float32)
-    p13 = tl.load(p_P_s + 7, mask=m_s, other=0.0).to(tl.float32)
-    p20 = tl.load(p_P_s + 8, mask=m_s, other=0.0).to(tl.float32)
-    p21 = tl.load(p_P_s + 9, mask=m_s, other=0.0).to(tl.float32)
-    p22 = tl.load(p_P_s + 10, mask=m_s, other=0.0).to(tl.float32)
-    p23 = tl.load(p_P_s + 11, mask=m_s, other=0.0).to(tl.float32)
-    p30 = tl.load(p_P_s + 12, mask=m_s, other=0.0).to(tl.float32)
-    p31 = tl.load(p_P_s + 13, mask=m_s, other=0.0).to(tl.float32)
-    p32 = tl.load(p_P_s + 14, mask=m_s, other=0.0).to(tl.float32)
-    p33 = tl.load(p_P_s + 15, mask=m_s, other=0.0).to(tl.float32)
+    # Pose of this token, row-major 4x4 scalars; one matrix serves every head.
+    p_P_t = p_P + i_tok.to(tl.int64) * 16
+    p00 = tl.load(p_P_t + 0).to(tl.float32)
+    p01 = tl.load(p_P_t + 1).to(tl.float32)
+    p02 = tl.load(p_P_t + 2).to(tl.float32)
+    p03 = tl.load(p_P_t + 3).to(tl.float32)
+    p10 = tl.load(p_P_t + 4).to(tl.float32)
+    p11 = tl.load(p_P_t + 5).to(tl.float32)
+    p12 = tl.load(p_P_t + 6).to(tl.float32)
+    p13 = tl.load(p_P_t + 7).to(tl.float32)
+    p20 = tl.load(p_P_t + 8).to(tl.float32)
+    p21 = tl.load(p_P_t + 9).to(tl.float32)
+    p22 = tl.load(p_P_t + 10).to(tl.float32)
+    p23 = tl.load(p_P_t + 11).to(tl.float32)
+    p30 = tl.load(p_P_t + 12).to(tl.float32)
+    p31 = tl.load(p_P_t + 13).to(tl.float32)
+    p32 = tl.load(p_P_t + 14).to(tl.float32)
+    p33 = tl.load(p_P_t + 15).to(tl.float32)
+
+    # Camera RoPE of the groups c in [G, 2G): pairs 2 (c - G) and 2 (c - G) + 1 (inverse: negated sines).
+    G = D // 8
+    o_g = tl.arange(0, BLOCK_D // 4)
+    m_r = (o_g >= G) & (o_g < 2 * G)
+    o_ja = 2 * (o_g - G)
+    p_cos_t = p_cos + i_t * stride_ct + i_s * stride_cs
+    p_sin_t = p_sin + i_t * stride_st + i_s * stride_ss
+    sign = -1.0 if MODE == 2 else 1.0
+    b_ca = tl.load(p_cos_t + o_ja, mask=m_r, other=1.0).to(tl.float32)[None, :]
+    b_sa = sign * tl.load(p_sin_t + o_ja, mask=m_r, other=0.0).to(tl.float32)[None, :]
+    b_cb = tl.load(p_cos_t + o_ja + 1, mask=m_r, other=1.0).to(tl.float32)[None, :]
+    b_sb = sign * tl.load(p_sin_t + o_ja + 1, mask=m_r, other=0.0).to(tl.float32)[None, :]
+
     if MODE == 2:
-        m00, m01, m02, m03 = p00, p01, p02, p03
-        m10, m11, m12, m13 = p10, p11, p12, p13
-        m20, m21, m22, m23 = p20, p21, p22, p23
-        m30, m31, m32, m33 = p30, p31, p32, p33
+        b_y = _ucpe_groups(b_x, p00, p01, p02, p03, p10, p11, p12, p13, p20, p21, p22, p23, p30, p31, p32, p33,
+                           b_ca, b_sa, b_cb, b_sb, G, BLOCK_H, BLOCK_D)
     elif MODE == 0:
-        m00, m01, m02, m03 = p00, p10, p20, p30
-        m10, m11, m12, m13 = p01, p11, p21, p31
-        m20, m21, m22, m23 = p02, p12, p22, p32
-        m30, m31, m32, m33 = p03, p13, p23, p33
+        b_y = _ucpe_groups(b_x, p00, p10, p20, p30, p01, p11, p21, p31, p02, p12, p22, p32, p03, p13, p23, p33,
+                           b_ca, b_sa, b_cb, b_sb, G, BLOCK_H, BLOCK_D)
     else:
         # [[A^T, -A^T b], [0, 1]] for P = [[A, b], [0, 1]].
-        zero = tl.zeros([BLOCK_S], dtype=tl.float32)
-        m00, m01, m02, m03 = p00, p10, p20, -(p00 * p03 + p10 * p13 + p20 * p23)
-        m10, m11, m12, m13 = p01, p11, p21, -(p01 * p03 + p11 * p13 + p21 * p23)
-        m20, m21, m22, m23 = p02, p12, p22, -(p02 * p03 + p12 * p13 + p22 * p23)
-        m30, m31, m32, m33 = zero, zero, zero, zero + 1.0
-
-    # First D/2 dims: D/8 groups of 4 consecutive dims.
-    o_g = tl.arange(0, BLOCK_G)
-    m_g = m_s[:, None] & (o_g[None, :] < D // 8)
-    p_x_t = p_x + i_b * stride_xb + i_h * stride_xh + i_t * stride_xt
-    o_x = o_s[:, None] * stride_xs + 4 * o_g[None, :]
-    x0 = tl.load(p_x_t + o_x + 0, mask=m_g, other=0.0).to(tl.float32)
-    x1 = tl.load(p_x_t + o_x + 1, mask=m_g, other=0.0).to(tl.float32)
-    x2 = tl.load(p_x_t + o_x + 2, mask=m_g, other=0.0).to(tl.float32)
-    x3 = tl.load(p_x_t + o_x + 3, mask=m_g, other=0.0).to(tl.float32)
-    p_o_t = p_out + i_bht.to(tl.int64) * S * D
-    o_o = o_s[:, None] * D + 4 * o_g[None, :]
-    dt = p_out.dtype.element_ty
-    tl.store(p_o_t + o_o + 0,
-             (m00[:, None] * x0 + m01[:, None] * x1 + m02[:, None] * x2 + m03[:, None] * x3).to(dt), mask=m_g)
-    tl.store(p_o_t + o_o + 1,
-             (m10[:, None] * x0 + m11[:, None] * x1 + m12[:, None] * x2 + m13[:, None] * x3).to(dt), mask=m_g)
-    tl.store(p_o_t + o_o + 2,
-             (m20[:, None] * x0 + m21[:, None] * x1 + m22[:, None] * x2 + m23[:, None] * x3).to(dt), mask=m_g)
-    tl.store(p_o_t + o_o + 3,
-             (m30[:, None] * x0 + m31[:, None] * x1 + m32[:, None] * x2 + m33[:, None] * x3).to(dt), mask=m_g)
-
-    # Last D/2 dims: D/4 interleaved RoPE pairs.
-    o_r = tl.arange(0, BLOCK_R)
-    m_r = m_s[:, None] & (o_r[None, :] < D // 4)
-    b_cos = tl.load(p_cos + i_t * stride_ct + o_s[:, None] * stride_cs + o_r[None, :], mask=m_r,
-                    other=1.0).to(tl.float32)
-    b_sin = tl.load(p_sin + i_t * stride_st + o_s[:, None] * stride_ss + o_r[None, :], mask=m_r,
-                    other=0.0).to(tl.float32)
-    if MODE == 2:
-        b_sin = -b_sin
-    o_xr = o_s[:, None] * stride_xs + D // 2 + 2 * o_r[None, :]
-    b_e = tl.load(p_x_t + o_xr, mask=m_r, other=0.0).to(tl.float32)
-    b_o = tl.load(p_x_t + o_xr + 1, mask=m_r, other=0.0).to(tl.float32)
-    o_or = o_s[:, None] * D + D // 2 + 2 * o_r[None, :]
-    tl.store(p_o_t + o_or, (b_e * b_cos - b_o * b_sin).to(dt), mask=m_r)
-    tl.store(p_o_t + o_or + 1, (b_e * b_sin + b_o * b_cos).to(dt), mask=m_r)
+        i03 = -(p00 * p03 + p10 * p13 + p20 * p23)
+        i13 = -(p01 * p03 + p11 * p13 + p21 * p23)
+        i23 = -(p02 * p03 + p12 * p13 + p22 * p23)
+        b_y = _ucpe_groups(b_x, p00, p10, p20, i03, p01, p11, p21, i13, p02, p12, p22, i23, 0.0, 0.0, 0.0, 1.0,
+                           b_ca, b_sa, b_cb, b_sb, G, BLOCK_H, BLOCK_D)
+    o_out = (i_b.to(tl.int64) * stride_ob + i_t * stride_ot + i_s * stride_os
+             + o_h[:, None].to(tl.int64) * stride_oh + o_d[None, :])
+    tl.store(p_out + o_out, b_y.to(p_out.dtype.element_ty), mask=m_hd)
 
 
 def ucpe_prep_triton(x: Tensor, P: Tensor, cam_cos: Tensor, cam_sin: Tensor, mode: str,
-                     out_dtype: torch.dtype = torch.float32) -> Tensor:
-    """Triton version of `kernels.prep.ucpe_prep_reference` (same arguments and result)."""
+                     out_dtype: torch.dtype = torch.float32, token_major: bool = False) -> Tensor:
+    """Triton version of `kernels.prep.ucpe_prep_reference` (same arguments and result; token_major gives it as
+    [B, T, S, H, D] instead of [B, H, T, S, D])."""
     B, H, T, S, D = _check_ucpe(x, P, cam_cos, cam_sin, mode)
-    x = x if x.stride(-1) == 1 else x.contiguous()
-    P = P.contiguous()
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    P = P.float().contiguous()
     cam_cos = cam_cos if cam_cos.stride(-1) == 1 else cam_cos.contiguous()
     cam_sin = cam_sin if cam_sin.stride(-1) == 1 else cam_sin.contiguous()
-    out = _empty((B, H, T, S, D), x.device, out_dtype)
-    _ucpe_prep_kernel[(triton.cdiv(S, _UCPE_BLOCK_S), B * H * T)](
-        x, P, cam_cos, cam_sin, out,
-        *x.stride()[:4], cam_cos.stride(0), cam_cos.stride(1), cam_sin.stride(0), cam_sin.stride(1),
-        H, T, S, D,
-        BLOCK_S=_UCPE_BLOCK_S, BLOCK_G=max(2, triton.next_power_of_2(D // 8)),
-        BLOCK_R=max(2, triton.next_power_of_2(D // 4)), MODE=UCPE_MODES.index(mode), num_warps=4,
+    if token_major:
+        out = _empty((B, T, S, H, D), x.device, out_dtype)
+        out_strides = (out.stride(0), out.stride(3), out.stride(1), out.stride(2))
+    else:
+        out = _empty((B, H, T, S, D), x.device, out_dtype)
+        out_strides = out.stride()[:4]
+    block_h, block_d = triton.next_power_of_2(H), triton.next_power_of_2(D)
+    _ucpe_prep_kernel[(B * T * S,)](
+        x, P, cam_cos, cam_sin, out, *x.stride()[:4], *out_strides,
+        cam_cos.stride(0), cam_cos.stride(1), cam_sin.stride(0), cam_sin.stride(1),
+        T, S, H, D,
+        BLOCK_H=block_h, BLOCK_D=block_d, MODE=UCPE_MODES.index(mode), num_warps=_prep_warps(block_h * block_d),
     )
     return out
 

@@ -186,6 +186,7 @@ class SoftmaxAttention(CameraAttention):
         cam = F.scaled_dot_product_attention(qc, kc_all, vc_all, attn_mask=mask, scale=self.cam_scale)
         if cache is not None and ctx.write_cache:
             cache.write(km, vm, kc, vc)   # after the attention: the context may be a view of the slots it overwrites
-        cam = ucpe_prep(cam.unflatten(2, (T, S)), ctx.rays, *ctx.cam_rope, "out", out_dtype=dtype)
-        cam = self.out_proj_cam(_tokens(cam))
+        # Written token-major by the kernel: the projection reads it without a transposing copy.
+        cam = ucpe_prep(cam.unflatten(2, (T, S)), ctx.rays, *ctx.cam_rope, "out", out_dtype=dtype, token_major=True)
+        cam = self.out_proj_cam(cam.flatten(3))
         return self.combine(x, _tokens(main.unflatten(2, (T, S))), cam)

@@ -297,6 +297,8 @@ def test_custom_ops_fake_and_real_agree():
     x, P, cc, cs = ucpe_inputs(1, 2, 2, 5, 16, device=DEVICE)
     torch.library.opcheck(torch.ops.sana_wm.ucpe_prep.default, (x, P, cc, cs, "kv", torch.float32),
                           test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.sana_wm.ucpe_prep_tokens.default, (x, P, cc, cs, "out", torch.bfloat16),
+                          test_utils=("test_schema", "test_faketensor"))
     cargs, ckw = _camera_inputs(1, 2, 5, 2, 16, seed=45)
     torch.library.opcheck(torch.ops.sana_wm.ucpe_qkv_prep.default,
                           (*cargs, ckw["num_heads"], ckw["key_scale"], 1e-5, True, torch.bfloat16),
@@ -380,7 +382,14 @@ def test_triton_ucpe_prep_matches_reference(shape, mode):
     x, P, cc, cs = ucpe_inputs(*shape, device=DEVICE, seed=31)
     with nan_filled_buffers():
         out = prep.ucpe_prep(x, P, cc, cs, mode, impl="triton")
-    assert_close(mode, out, prep.ucpe_prep(x, P, cc, cs, mode, impl="reference"))
+        tokens = prep.ucpe_prep(x, P, cc, cs, mode, token_major=True, impl="triton")
+    ref = prep.ucpe_prep(x, P, cc, cs, mode, impl="reference")
+    assert_close(mode, out, ref)
+    B, H, T, S, D = shape
+    assert tokens.shape == (B, T, S, H, D) and tokens.is_contiguous()
+    assert_close(f"{mode} token-major", tokens, ref.permute(0, 2, 3, 1, 4))
+    assert torch.equal(prep.ucpe_prep(x, P, cc, cs, mode, token_major=True, impl="reference"),
+                       ref.permute(0, 2, 3, 1, 4))
 
 
 def _camera_inputs(B, T, S, H, D, seed):
