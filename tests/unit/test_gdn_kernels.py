@@ -406,7 +406,7 @@ def test_ucpe_qkv_reference_equals_separate_ops():
     (q, k, v, wq, wk, P, cc, cs), kw = _camera_inputs(1, 2, 7, 3, 16, seed=40)
     qp, kp, vp, inflation = prep.ucpe_qkv_prep(q, k, v, wq, wk, P, cc, cs, **kw)
     D = 16
-    dummy = torch.ones(2, 7, D // 2), torch.zeros(2, 7, D // 2)
+    dummy = torch.ones(2, 7, D // 2, device=DEVICE), torch.zeros(2, 7, D // 2, device=DEVICE)   # no RoPE
     qh, kh, _, _ = prep.gdn_prep(q, k, wq, wk, *dummy, **kw)
     vh = v.view(1, 2, 7, 3, D).permute(0, 3, 1, 2, 4)
     kp2 = prep.ucpe_prep(kh, P, cc, cs, "kv")
