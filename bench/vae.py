@@ -30,7 +30,7 @@ FPS = 16
 def _commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).resolve().parents[1])
+                             check=False, cwd=Path(__file__).resolve().parents[1])
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     load_s = time.perf_counter() - t0
     if not ae.causal:
         print("note: non-causal decoder -> overlap streaming (approximate at chunk edges)", file=sys.stderr)
-    st, sh, sw = ae.stride
+    _, sh, sw = ae.stride
     if args.height % sh or args.width % sw:
         print(f"height/width must be multiples of {sh}x{sw}", file=sys.stderr)
         return 2

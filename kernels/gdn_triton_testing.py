@@ -169,12 +169,12 @@ def default_resource_cases() -> list[tuple]:
     bf16_in = {"p_q": "*bf16", "p_k": "*bf16", "p_v": "*bf16", "p_kr": "*bf16"}
     cases = []
     for has_z in (True, False):
-        for nrow in (1, 2, 8):
-            cases.append((f"phase_a z={has_z} nrow={nrow}", gt._gdn_phase_a_kernel,
+        for nrow, prefetch in ((1, False), (2, False), (8, False), (2, True)):
+            cases.append((f"phase_a z={has_z} nrow={nrow}" + (" prefetch" if prefetch else ""), gt._gdn_phase_a_kernel,
                           {"BLOCK_S": cfg["a_block_s_bf16" if gt._PREC_PHASE_A_LOW == "bf16" else "a_block_s"],
-                           "BK": 128, "BV": 128, "NROW": nrow, "HAS_Z": has_z, "NUM_STAGES": cfg["a_stages"],
-                           "PRECISION": gt._PREC_PHASE_A_LOW}, bf16_in,
-                          cfg["a_warps"], 3))
+                           "BK": 128, "BV": 128, "NROW": nrow, "SPLIT": 1, "HAS_Z": has_z,
+                           "NUM_STAGES": cfg["a_stages"], "PRECISION": gt._PREC_PHASE_A_LOW, "PREFETCH": prefetch},
+                          bf16_in, cfg["a_warps"], 3))
         cases.append((f"phase_b z={has_z}", gt._gdn_phase_b_kernel,
                       {"BK": 128, "BV": 128, "BLOCK_VB": cfg["b_block_v"], "HAS_Z": has_z, "DO_FWD": True,
                        "DO_BWD": True, "HAS_H0": True, "STORE_HT": True, "HAS_RESET": True,

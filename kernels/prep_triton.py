@@ -124,6 +124,19 @@ def gdn_prep_triton(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, ro
 
 
 @triton.jit
+def _load_pose(p_P_t):
+    """The 16 entries of one token's row-major 4x4 pose as fp32 scalars."""
+    return (tl.load(p_P_t + 0).to(tl.float32), tl.load(p_P_t + 1).to(tl.float32),
+            tl.load(p_P_t + 2).to(tl.float32), tl.load(p_P_t + 3).to(tl.float32),
+            tl.load(p_P_t + 4).to(tl.float32), tl.load(p_P_t + 5).to(tl.float32),
+            tl.load(p_P_t + 6).to(tl.float32), tl.load(p_P_t + 7).to(tl.float32),
+            tl.load(p_P_t + 8).to(tl.float32), tl.load(p_P_t + 9).to(tl.float32),
+            tl.load(p_P_t + 10).to(tl.float32), tl.load(p_P_t + 11).to(tl.float32),
+            tl.load(p_P_t + 12).to(tl.float32), tl.load(p_P_t + 13).to(tl.float32),
+            tl.load(p_P_t + 14).to(tl.float32), tl.load(p_P_t + 15).to(tl.float32))
+
+
+@triton.jit
 def _ucpe_prep_kernel(
     p_x, p_P, p_cos, p_sin, p_out,
     stride_xb, stride_xh, stride_xt, stride_xs,
@@ -145,22 +158,7 @@ def _ucpe_prep_kernel(
 
     # Pose of this token, row-major 4x4 scalars; one matrix serves every head.
     p_P_t = p_P + i_tok.to(tl.int64) * 16
-    p00 = tl.load(p_P_t + 0).to(tl.float32)
-    p01 = tl.load(p_P_t + 1).to(tl.float32)
-    p02 = tl.load(p_P_t + 2).to(tl.float32)
-    p03 = tl.load(p_P_t + 3).to(tl.float32)
-    p10 = tl.load(p_P_t + 4).to(tl.float32)
-    p11 = tl.load(p_P_t + 5).to(tl.float32)
-    p12 = tl.load(p_P_t + 6).to(tl.float32)
-    p13 = tl.load(p_P_t + 7).to(tl.float32)
-    p20 = tl.load(p_P_t + 8).to(tl.float32)
-    p21 = tl.load(p_P_t + 9).to(tl.float32)
-    p22 = tl.load(p_P_t + 10).to(tl.float32)
-    p23 = tl.load(p_P_t + 11).to(tl.float32)
-    p30 = tl.load(p_P_t + 12).to(tl.float32)
-    p31 = tl.load(p_P_t + 13).to(tl.float32)
-    p32 = tl.load(p_P_t + 14).to(tl.float32)
-    p33 = tl.load(p_P_t + 15).to(tl.float32)
+    p00, p01, p02, p03, p10, p11, p12, p13, p20, p21, p22, p23, p30, p31, p32, p33 = _load_pose(p_P_t)
 
     # Camera RoPE of the groups c in [G, 2G): pairs 2 (c - G) and 2 (c - G) + 1 (inverse: negated sines).
     G = D // 8
@@ -272,22 +270,7 @@ def _ucpe_qkv_prep_kernel(
 
     # Pose of this token, row-major 4x4 scalars.
     p_P_t = p_P + i_tok.to(tl.int64) * 16
-    p00 = tl.load(p_P_t + 0).to(tl.float32)
-    p01 = tl.load(p_P_t + 1).to(tl.float32)
-    p02 = tl.load(p_P_t + 2).to(tl.float32)
-    p03 = tl.load(p_P_t + 3).to(tl.float32)
-    p10 = tl.load(p_P_t + 4).to(tl.float32)
-    p11 = tl.load(p_P_t + 5).to(tl.float32)
-    p12 = tl.load(p_P_t + 6).to(tl.float32)
-    p13 = tl.load(p_P_t + 7).to(tl.float32)
-    p20 = tl.load(p_P_t + 8).to(tl.float32)
-    p21 = tl.load(p_P_t + 9).to(tl.float32)
-    p22 = tl.load(p_P_t + 10).to(tl.float32)
-    p23 = tl.load(p_P_t + 11).to(tl.float32)
-    p30 = tl.load(p_P_t + 12).to(tl.float32)
-    p31 = tl.load(p_P_t + 13).to(tl.float32)
-    p32 = tl.load(p_P_t + 14).to(tl.float32)
-    p33 = tl.load(p_P_t + 15).to(tl.float32)
+    p00, p01, p02, p03, p10, p11, p12, p13, p20, p21, p22, p23, p30, p31, p32, p33 = _load_pose(p_P_t)
     # Rigid inverse [[A^T, -A^T b], [0, 1]] for k and v.
     i03 = -(p00 * p03 + p10 * p13 + p20 * p23)
     i13 = -(p01 * p03 + p11 * p13 + p21 * p23)

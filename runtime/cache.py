@@ -178,7 +178,7 @@ class StreamCache:
                 self.blocks.append(SoftmaxBlockCache(sink, ring, tconv, S, ring_tokens=[0] * ring_slots,
                                                      ring_age=[-1] * ring_slots, packed=packed))
             else:
-                f32 = dict(device=device, dtype=torch.float32)
+                f32 = {"device": device, "dtype": torch.float32}
                 self.blocks.append(GDNBlockCache(
                     state=torch.zeros(batch, H, D, D, **f32), z=torch.zeros(batch, H, D, **f32),
                     cam_state=torch.zeros(batch, H, D, D, **f32),

@@ -83,7 +83,7 @@ def iter_checkpoint(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
                               "(expected .safetensors, .pt or .pth)")
     try:
         obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt / non-zip / truncated files
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt / non-zip / truncated files
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
     strip = True

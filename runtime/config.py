@@ -5,6 +5,7 @@ No torch here: the explorer client and the camera math read configs on machines 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,7 @@ class ModelConfig:
             raise ConfigError(f"height/width: {self.height}x{self.width} not divisible by vae_stride "
                               f"{self.vae_stride[1]}x{self.vae_stride[2]}")
         ts = self.denoising_timesteps
-        if len(ts) < 2 or ts[-1] != 0 or any(a <= b for a, b in zip(ts, ts[1:])) or ts[0] > 1000:
+        if len(ts) < 2 or ts[-1] != 0 or any(a <= b for a, b in itertools.pairwise(ts)) or ts[0] > 1000:
             raise ConfigError(f"denoising_timesteps: must be strictly descending within [0, 1000] and end "
                               f"with 0, got {list(ts)}")
         if self.first_chunk_size < 1:

@@ -20,7 +20,7 @@ class MultiHeadCrossAttention(nn.Module):
 
     def text_kv(self, y: Tensor) -> tuple[Tensor, Tensor]:
         """Keys and values of the text [B, H, L, D]; constant over a session, so callers may cache them."""
-        B, L, C = y.shape
+        B, L, _ = y.shape
         k, v = self.kv_linear(y).chunk(2, dim=-1)
         k = self.k_norm(k)
         return (k.view(B, L, self.num_heads, -1).transpose(1, 2),

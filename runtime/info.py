@@ -51,19 +51,19 @@ def describe(target: str) -> str:
         depth = 1 + max((int(k.split(".")[1]) for k in shapes if k.startswith("blocks.")), default=-1)
         gdn = sorted({int(k.split(".")[1]) for k in shapes if k.endswith("attn.conv_k.weight")})
         lines = [f"checkpoint {path}", f"  tensors: {len(shapes)}, dtypes: {', '.join(dtypes)}",
-                 f"  blocks: {depth} ({len(gdn)} GDN, {depth - len(gdn)} softmax: "
-                 f"{[i for i in range(depth) if i not in gdn]})"]
+                 (f"  blocks: {depth} ({len(gdn)} GDN, {depth - len(gdn)} softmax: "
+                  f"{[i for i in range(depth) if i not in gdn]})")]
         return "\n".join(lines + _table({k: v[0] for k, v in shapes.items()}))
     cfg = load_config(target)
     model = build_model(cfg, device="meta", dtype=torch.bfloat16)
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    lines = [f"config {cfg.name}: {cfg.depth} blocks, hidden {cfg.hidden_size}, {cfg.num_heads} heads x "
-             f"{cfg.head_dim}",
+    lines = [(f"config {cfg.name}: {cfg.depth} blocks, hidden {cfg.hidden_size}, {cfg.num_heads} heads x "
+              f"{cfg.head_dim}"),
              f"  softmax blocks {list(cfg.softmax_blocks)}, GDN blocks {list(cfg.gdn_blocks)}",
-             f"  video {cfg.height}x{cfg.width} @ {cfg.fps} fps; latent {cfg.in_channels} ch, "
-             f"{cfg.latent_height}x{cfg.latent_width} = {cfg.tokens_per_frame} tokens/frame",
-             f"  chunks: first {cfg.first_chunk_size} latent frames, then {cfg.chunk_size}; "
-             f"{len(cfg.denoising_timesteps) - 1} denoising steps {list(cfg.denoising_timesteps)} + 1 cache pass",
+             (f"  video {cfg.height}x{cfg.width} @ {cfg.fps} fps; latent {cfg.in_channels} ch, "
+              f"{cfg.latent_height}x{cfg.latent_width} = {cfg.tokens_per_frame} tokens/frame"),
+             (f"  chunks: first {cfg.first_chunk_size} latent frames, then {cfg.chunk_size}; "
+              f"{len(cfg.denoising_timesteps) - 1} denoising steps {list(cfg.denoising_timesteps)} + 1 cache pass"),
              "  parameters by group:"]
     lines += _table(shapes)
     try:
@@ -72,6 +72,6 @@ def describe(target: str) -> str:
         lines.append("  components:")
         for st in component_status(cfg):
             lines.append(f"    {st.component:<14}{'present' if st.present else 'missing':<9}{st.ref}  ({st.where})")
-    except Exception as exc:  # the status is a courtesy; never fail `info` on it
+    except Exception as exc:  # noqa: BLE001 - the status is a courtesy; never fail `info` on it
         lines.append(f"  components: unknown ({exc})")
     return "\n".join(lines)

@@ -26,7 +26,7 @@ def bidirectional_short_conv(x: Tensor, weight: Tensor, chunks, *, causal_across
     """x [B, T, S, C]; weight [C, 1, K]; left_context [B, K-1, S, C] (streaming cache) or None for zeros."""
     w = weight[:, 0, :].to(x.dtype)                                  # [C, K]
     K = w.shape[-1]
-    B, T, S, C = x.shape
+    B, _, S, C = x.shape
     pad = x.new_zeros(B, K - 1, S, C)
     out = torch.empty_like(x)
     if causal_across_chunks:

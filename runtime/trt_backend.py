@@ -241,7 +241,6 @@ class EngineChunkModel(nn.Module):
 
     def plucker_terms(self, plucker: Tensor) -> None:
         """The engine embeds the ray maps itself (SanaWorldModel's per-chunk terms have no use here)."""
-        return None
 
     @torch.no_grad()
     def forward(self, x: Tensor, timestep: Tensor, text, camera: Tensor, plucker: Tensor, *, chunks=None,

@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     if stream_state is not None:
         pool.stream.load_state_dict({**stream_state, "index": stream_state["index"] + args.pool})
     chunks = chunk_ranges(args.latent_frames, cfg.first_chunk_size, cfg.chunk_size)
-    log = open(out / "train_log.jsonl", "a")
+    log = open(out / "train_log.jsonl", "a")  # noqa: SIM115 - appended to for the whole run, closed at its end
     last_save = time.time()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast(
         "cpu", enabled=False)

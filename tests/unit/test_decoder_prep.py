@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from tests.triton_setup import DEVICE, needs_triton  # noqa: I001 - before the kernel modules
+from tests.triton_setup import DEVICE, needs_triton
+
+# The kernel modules below must see the interpreter switch tests.triton_setup sets.
+# isort: split
 
 import pytest
 import torch.nn.functional as F

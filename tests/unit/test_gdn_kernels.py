@@ -10,7 +10,10 @@ import os
 
 import torch
 
-from tests.triton_setup import DEVICE, HAVE_TRITON, needs_triton  # noqa: I001 - before the kernel modules
+from tests.triton_setup import DEVICE, HAVE_TRITON, needs_triton
+
+# The kernel modules below must see the interpreter switch tests.triton_setup sets.
+# isort: split
 
 import pytest
 
@@ -239,6 +242,21 @@ def test_triton_phase_a_token_split(monkeypatch, split):
                target_programs_per_sm=64)
     monkeypatch.setattr(gdn_triton, "_config", lambda device: cfg)
     inp = gdn_inputs(1, 2, 3, 40, 48, 32, device=DEVICE, initial_state=True, seed=26)
+    _check_with_and_without_z(inp)
+
+
+@needs_triton
+@pytest.mark.parametrize("programs_per_sm", [1, 64], ids=["whole-rows", "row-blocks"])
+def test_triton_phase_a_prefetch(monkeypatch, programs_per_sm):
+    """Phase A loading each token block's tiles one step ahead of its dot (`a_prefetch`): S = 40 in blocks of
+    16 ends on a short block and a fully masked prefetch; with whole products (x is y, loaded once) and with
+    output rows split over programs."""
+    from kernels import gdn_triton
+
+    cfg = dict(gdn_triton._config(torch.device(DEVICE)), a_block_s=16, a_block_s_bf16=16, a_prefetch=1,
+               target_programs_per_sm=programs_per_sm)
+    monkeypatch.setattr(gdn_triton, "_config", lambda device: cfg)
+    inp = gdn_inputs(1, 2, 3, 40, 48, 32, device=DEVICE, initial_state=True, seed=28)
     _check_with_and_without_z(inp)
 
 

@@ -1,4 +1,6 @@
 """The stage-1 model: official layout on the meta device, chunk-causal invariants, configs."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -136,7 +138,7 @@ def test_config_errors_name_the_key(tmp_path):
 
 def test_config_is_frozen():
     cfg = load_config("tiny-world")
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.depth = 3
 
 

@@ -854,7 +854,7 @@ def test_gpu_compiled_fp8_linear_activation_quantizers(monkeypatch, act_quant):
     not run on a GPU yet.)"""
     import torch._dynamo
 
-    import quant.gemm as gemm
+    from quant import gemm
 
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 tensor cores need compute capability >= 8.9")

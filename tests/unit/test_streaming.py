@@ -294,7 +294,7 @@ def test_full_softmax_cache_is_attended_in_place(tiny):
 
 
 def _full_softmax_cache(tiny) -> SoftmaxBlockCache:
-    x, ts, text, cam, plk = random_inputs(tiny, 7, seed=3)
+    x, _, text, cam, plk = random_inputs(tiny, 7, seed=3)
     cache = tiny.new_cache()
     with torch.no_grad():
         for s, e in chunk_ranges(7, 4, 3):
@@ -310,7 +310,7 @@ def test_plucker_projections_run_once_per_chunk(tiny):
     hooks = [blk.plucker_proj.register_forward_hook(lambda *a: calls.append(1)) for blk in tiny.blocks]
     try:
         cfg = tiny.cfg
-        x, ts, text, cam, plk = random_inputs(tiny, 4, seed=4)
+        x, _, text, _, _ = random_inputs(tiny, 4, seed=4)
         session = WorldSession(tiny, text, first_latent=x[:, :, :1], intrinsics_latent=intrinsics_latent(cfg),
                                seed=0)
         poses = actions_to_c2w("w-80")
