@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 
 import torch
@@ -133,7 +134,26 @@ def config_key(device: torch.device) -> str:
 
 
 def _config(device: torch.device) -> dict[str, int]:
-    return LAUNCH_CONFIGS[config_key(device)]
+    return {**LAUNCH_CONFIGS[config_key(device)], **_LAUNCH_OVERRIDE}
+
+
+def _launch_override(text: str) -> dict[str, int]:
+    """SANA_WM_GDN_LAUNCH, e.g. '{"a_prefetch": 1}': launch settings to time without editing LAUNCH_CONFIGS."""
+    if not text:
+        return {}
+    try:
+        override = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"SANA_WM_GDN_LAUNCH: not JSON ({exc}): {text!r}") from None
+    known = set(LAUNCH_CONFIGS["default"])
+    if not isinstance(override, dict) or not set(override) <= known or not all(
+            isinstance(v, int) for v in override.values()):
+        raise ValueError(f"SANA_WM_GDN_LAUNCH: expected a JSON object of integers with keys among "
+                         f"{sorted(known)}, got {text!r}")
+    return override
+
+
+_LAUNCH_OVERRIDE = _launch_override(os.environ.get("SANA_WM_GDN_LAUNCH", ""))
 
 
 def _block(d: int) -> int:

@@ -509,3 +509,15 @@ def test_default_launch_configs_fit_an_h100_without_spills():
     bad = {name: r for name, r in report["kernels"].items()
            if r["shared"] > report["shared_limit"] or (r["spill_bytes"] or 0) > 0}
     assert not bad, f"over the H100 limits: {bad}"
+
+
+@needs_triton
+def test_launch_override_from_the_environment():
+    """SANA_WM_GDN_LAUNCH (JSON) overrides launch settings without editing LAUNCH_CONFIGS; bad values are named."""
+    from kernels import gdn_triton
+
+    assert gdn_triton._launch_override("") == {}
+    assert gdn_triton._launch_override('{"a_prefetch": 1, "c_tiles": 4}') == {"a_prefetch": 1, "c_tiles": 4}
+    for bad in ("a_prefetch=1", '{"a_prefetc": 1}', '{"a_prefetch": "yes"}', "[1]"):
+        with pytest.raises(ValueError, match="SANA_WM_GDN_LAUNCH"):
+            gdn_triton._launch_override(bad)
