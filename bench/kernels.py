@@ -427,7 +427,6 @@ SWEEP = {  # 4-warp variants of phases A and C spill registers at D = 128 (check
     "split": [{"target_programs_per_sm": n} for n in (1, 2, 4, 8)],
     "a_split_s": [{"a_split_s": n} for n in (2, 4, 7)],
     "a_bf16": [{"a_block_s_bf16": s} for s in (32, 128)],   # the tokens per step of the bf16 Gram products
-    "a_prefetch": [{"a_prefetch": 1}],                        # next step's tiles loaded before this step's dot
 }
 
 

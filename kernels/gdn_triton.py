@@ -55,8 +55,6 @@ LAUNCH_CONFIGS: dict[str, dict[str, int]] = {
                                                            # reaches this many programs per SM
         "a_split_s": 1,                                    # phase A token blocks per product (atomic adds
                                                            # when > 1; no faster in round 12)
-        "a_prefetch": 0,                                   # phase A: next step's tiles loaded before this
-                                                           # step's dot (_gram; not yet timed on a GPU)
     },
     # CPU interpreter (tests): large tiles mean fewer interpreted loop iterations.
     "interpreter": {
@@ -138,7 +136,7 @@ def _config(device: torch.device) -> dict[str, int]:
 
 
 def _launch_override(text: str) -> dict[str, int]:
-    """SANA_WM_GDN_LAUNCH, e.g. '{"a_prefetch": 1}': launch settings to time without editing LAUNCH_CONFIGS."""
+    """SANA_WM_GDN_LAUNCH, e.g. '{"a_split_s": 2}': launch settings to time without editing LAUNCH_CONFIGS."""
     if not text:
         return {}
     try:
@@ -165,61 +163,34 @@ def _block(d: int) -> int:
 # Phase A: per-frame Gram products
 # ----------------------------------------------------------------------------------------------------------
 @triton.jit
-def _gram_tiles(p_x, p_y, p_beta, s0, s_hi, stride_xs, stride_ys, stride_bs, o_x, DX, DY,
-                BLOCK_S: tl.constexpr, BY: tl.constexpr, SAME: tl.constexpr):
-    """The operand tiles of tokens s0 <= s < min(s0 + BLOCK_S, s_hi) as stored (rows past s_hi are zeros and
-    not read): x [BLOCK_S, rows o_x], y [BLOCK_S, BY], beta [BLOCK_S]."""
-    o_t = s0 + tl.arange(0, BLOCK_S)
-    o_y = tl.arange(0, BY)
-    m_s = o_t < s_hi
-    b_beta = tl.load(p_beta + o_t * stride_bs, mask=m_s, other=0.0)
-    b_y = tl.load(p_y + o_t[:, None] * stride_ys + o_y[None, :], mask=m_s[:, None] & (o_y < DY)[None, :],
-                  other=0.0)
-    if SAME:
-        b_x = b_y
-    else:
-        b_x = tl.load(p_x + o_t[:, None] * stride_xs + o_x[None, :], mask=m_s[:, None] & (o_x < DX)[None, :],
-                      other=0.0)
-    return b_x, b_y, b_beta
-
-
-@triton.jit
-def _gram_step(b_acc, b_sum, b_x, b_y, b_beta, PRECISION: tl.constexpr):
-    """Add one token block's x^T (beta y) and beta y to the running sums."""
-    b_yb = b_y.to(tl.float32) * b_beta.to(tl.float32)[:, None]
-    if PRECISION == "bf16":
-        b_acc += tl.dot(tl.trans(b_x.to(tl.bfloat16)), b_yb.to(tl.bfloat16))
-    else:
-        b_acc += tl.dot(tl.trans(b_x.to(tl.float32)), b_yb, input_precision=PRECISION)
-    b_sum += tl.sum(b_yb, axis=0)
-    return b_acc, b_sum
-
-
-@triton.jit
 def _gram(p_x, p_y, p_beta, s_lo, s_hi, stride_xs, stride_ys, stride_bs, o_x, DX, DY,
           BLOCK_S: tl.constexpr, BX: tl.constexpr, BY: tl.constexpr, SAME: tl.constexpr,
-          NUM_STAGES: tl.constexpr, PRECISION: tl.constexpr, PREFETCH: tl.constexpr):
+          NUM_STAGES: tl.constexpr, PRECISION: tl.constexpr):
     """Rows o_x of sum_s x_s^T (beta_s y_s) -> [BX, BY], and sum_s beta_s y_s -> [BY] (x, y: [S, D] tiles), over
-    tokens s_lo <= s < s_hi. SAME: x is y (all rows), loaded once.
-
-    Triton's pipeliner only makes the small beta load asynchronous here (the operand tiles pass through
-    registers for the beta scaling and the bf16 cast), so each step waits for its own tile loads. PREFETCH
-    issues the next step's loads before this step's dot instead (register double buffering)."""
+    tokens s_lo <= s < s_hi. SAME: x is y (all rows), loaded once."""
+    o_s = tl.arange(0, BLOCK_S)
+    o_y = tl.arange(0, BY)
+    m_x = o_x < DX
+    m_y = o_y < DY
     b_acc = tl.zeros([BX, BY], dtype=tl.float32)
     b_sum = tl.zeros([BY], dtype=tl.float32)
-    if PREFETCH:
-        n_x, n_y, n_beta = _gram_tiles(p_x, p_y, p_beta, s_lo, s_hi, stride_xs, stride_ys, stride_bs, o_x, DX, DY,
-                                       BLOCK_S, BY, SAME)
-        for s0 in tl.range(s_lo, s_hi, BLOCK_S, num_stages=1):
-            b_x, b_y, b_beta = n_x, n_y, n_beta
-            n_x, n_y, n_beta = _gram_tiles(p_x, p_y, p_beta, s0 + BLOCK_S, s_hi, stride_xs, stride_ys, stride_bs,
-                                           o_x, DX, DY, BLOCK_S, BY, SAME)
-            b_acc, b_sum = _gram_step(b_acc, b_sum, b_x, b_y, b_beta, PRECISION)
-    else:
-        for s0 in tl.range(s_lo, s_hi, BLOCK_S, num_stages=NUM_STAGES):
-            b_x, b_y, b_beta = _gram_tiles(p_x, p_y, p_beta, s0, s_hi, stride_xs, stride_ys, stride_bs, o_x, DX,
-                                           DY, BLOCK_S, BY, SAME)
-            b_acc, b_sum = _gram_step(b_acc, b_sum, b_x, b_y, b_beta, PRECISION)
+    for s0 in tl.range(s_lo, s_hi, BLOCK_S, num_stages=NUM_STAGES):
+        o_t = s0 + o_s
+        m_s = o_t < s_hi
+        b_beta = tl.load(p_beta + o_t * stride_bs, mask=m_s, other=0.0).to(tl.float32)
+        b_y = tl.load(p_y + o_t[:, None] * stride_ys + o_y[None, :], mask=m_s[:, None] & m_y[None, :],
+                      other=0.0).to(tl.float32)
+        if SAME:
+            b_x = b_y
+        else:
+            b_x = tl.load(p_x + o_t[:, None] * stride_xs + o_x[None, :], mask=m_s[:, None] & m_x[None, :],
+                          other=0.0).to(tl.float32)
+        b_yb = b_y * b_beta[:, None]
+        if PRECISION == "bf16":
+            b_acc += tl.dot(tl.trans(b_x.to(tl.bfloat16)), b_yb.to(tl.bfloat16))
+        else:
+            b_acc += tl.dot(tl.trans(b_x), b_yb, input_precision=PRECISION)
+        b_sum += tl.sum(b_yb, axis=0)
     return b_acc, b_sum
 
 
@@ -232,7 +203,7 @@ def _gdn_phase_a_kernel(
     stride_bb, stride_bh, stride_bt, stride_bs,
     H, T, S, DK, DV,
     BLOCK_S: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NROW: tl.constexpr, SPLIT: tl.constexpr,
-    HAS_Z: tl.constexpr, NUM_STAGES: tl.constexpr, PRECISION: tl.constexpr, PREFETCH: tl.constexpr,
+    HAS_Z: tl.constexpr, NUM_STAGES: tl.constexpr, PRECISION: tl.constexpr,
 ):
     # When B*H*T alone does not fill the GPU, each product's output rows are split over NROW programs
     # (the y operand is then re-read from L2), and with SPLIT > 1 its tokens over SPLIT programs, which add
@@ -261,18 +232,18 @@ def _gdn_phase_a_kernel(
     o_slot = i_bht.to(tl.int64)
     if i_p == 0:
         b_A, _ = _gram(p_kr_t, p_kr_t, p_beta_t, s_lo, s_hi, stride_krs, stride_krs, stride_bs, o_kr, DK, DK,
-                       BLOCK_S, BKR, BK, NROW == 1, NUM_STAGES, PRECISION, PREFETCH)
+                       BLOCK_S, BKR, BK, NROW == 1, NUM_STAGES, PRECISION)
         _put(p_A + o_slot * BK * BK + o_kr[:, None] * BK + o_k[None, :], b_A, SPLIT)
     elif i_p == 1:
         p_v_t = p_v + i_b * stride_vb + i_h * stride_vh + i_t * stride_vt
         b_U, _ = _gram(p_v_t, p_kr_t, p_beta_t, s_lo, s_hi, stride_vs, stride_krs, stride_bs, o_vr, DV, DK,
-                       BLOCK_S, BVR, BK, False, NUM_STAGES, PRECISION, PREFETCH)
+                       BLOCK_S, BVR, BK, False, NUM_STAGES, PRECISION)
         _put(p_U + o_slot * BV * BK + o_vr[:, None] * BK + o_k[None, :], b_U, SPLIT)
     else:
         if HAS_Z:
             p_k_t = p_k + i_b * stride_kb + i_h * stride_kh + i_t * stride_kt
             b_Az, b_uz = _gram(p_k_t, p_k_t, p_beta_t, s_lo, s_hi, stride_ks, stride_ks, stride_bs, o_kr, DK, DK,
-                               BLOCK_S, BKR, BK, NROW == 1, NUM_STAGES, PRECISION, PREFETCH)
+                               BLOCK_S, BKR, BK, NROW == 1, NUM_STAGES, PRECISION)
             _put(p_Az + o_slot * BK * BK + o_kr[:, None] * BK + o_k[None, :], b_Az, SPLIT)
             m_uz = o_k < tl.where(i_r == 0, BK, 0)
             if SPLIT == 1:
@@ -540,8 +511,7 @@ def _run(q, k, v, beta, g, q_rot, k_rot, *, do_fwd, do_bwd, initial_state, with_
         *k.stride()[:4], *k_rot.stride()[:4], *v.stride()[:4], *beta.stride(),
         H, T, S, DK, DV,
         BLOCK_S=cfg["a_block_s_bf16" if prec_a == "bf16" else "a_block_s"], BK=BK, BV=BV, NROW=nrow, SPLIT=split,
-        HAS_Z=with_z, NUM_STAGES=cfg["a_stages"], PRECISION=prec_a, PREFETCH=bool(cfg.get("a_prefetch", 0)),
-        num_warps=cfg["a_warps"],
+        HAS_Z=with_z, NUM_STAGES=cfg["a_stages"], PRECISION=prec_a, num_warps=cfg["a_warps"],
     )
 
     # Phase B.

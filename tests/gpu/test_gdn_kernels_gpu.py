@@ -84,21 +84,6 @@ def test_phase_a_precisions_stay_in_the_bf16_budget(monkeypatch, T, with_z, phas
     _check_bidirectional(dict(inp, with_z=with_z, output_final_state=True), torch.bfloat16, check_z=with_z)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("with_z", [True, False], ids=["main", "camera"])
-def test_phase_a_prefetch_at_the_streaming_shape(monkeypatch, dtype, with_z):
-    """Phase A with the next token block's tiles loaded before this block's dot (`a_prefetch`) at the
-    model's shape, both input dtypes."""
-    from kernels import gdn_triton
-
-    cfg = dict(gdn_triton._config(torch.device("cuda")), a_prefetch=1)
-    monkeypatch.setattr(gdn_triton, "_config", lambda device: cfg)
-    inp = gdn_inputs(1, H, 3, S, D, device="cuda", dtype=dtype, initial_state=True, seed=12)
-    if not with_z:
-        del inp["q_rot"], inp["k_rot"]
-    _check_bidirectional(dict(inp, with_z=with_z, output_final_state=True), dtype, check_z=with_z)
-
-
 @pytest.mark.parametrize("with_z", [True, False], ids=["main", "camera"])
 @pytest.mark.parametrize("phase_c", ["bf16", "tf32"])
 def test_phase_c_precisions_stay_in_the_bf16_budget(monkeypatch, with_z, phase_c):

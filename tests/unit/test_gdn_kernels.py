@@ -246,21 +246,6 @@ def test_triton_phase_a_token_split(monkeypatch, split):
 
 
 @needs_triton
-@pytest.mark.parametrize("programs_per_sm", [1, 64], ids=["whole-rows", "row-blocks"])
-def test_triton_phase_a_prefetch(monkeypatch, programs_per_sm):
-    """Phase A loading each token block's tiles one step ahead of its dot (`a_prefetch`): S = 40 in blocks of
-    16 ends on a short block and a fully masked prefetch; with whole products (x is y, loaded once) and with
-    output rows split over programs."""
-    from kernels import gdn_triton
-
-    cfg = dict(gdn_triton._config(torch.device(DEVICE)), a_block_s=16, a_block_s_bf16=16, a_prefetch=1,
-               target_programs_per_sm=programs_per_sm)
-    monkeypatch.setattr(gdn_triton, "_config", lambda device: cfg)
-    inp = gdn_inputs(1, 2, 3, 40, 48, 32, device=DEVICE, initial_state=True, seed=28)
-    _check_with_and_without_z(inp)
-
-
-@needs_triton
 @pytest.mark.parametrize("D", [16, 112])
 def test_triton_bidirectional_fused_inverse_ucpe(D):
     """out_ucpe applies the camera branch's inverse UCPE in the output epilogue: equal to ucpe_prep(out, 'out')."""
@@ -517,7 +502,7 @@ def test_launch_override_from_the_environment():
     from kernels import gdn_triton
 
     assert gdn_triton._launch_override("") == {}
-    assert gdn_triton._launch_override('{"a_prefetch": 1, "c_tiles": 4}') == {"a_prefetch": 1, "c_tiles": 4}
-    for bad in ("a_prefetch=1", '{"a_prefetc": 1}', '{"a_prefetch": "yes"}', "[1]"):
+    assert gdn_triton._launch_override('{"a_split_s": 2, "c_tiles": 4}') == {"a_split_s": 2, "c_tiles": 4}
+    for bad in ("a_split_s=2", '{"a_split": 2}', '{"a_split_s": "two"}', "[1]"):
         with pytest.raises(ValueError, match="SANA_WM_GDN_LAUNCH"):
             gdn_triton._launch_override(bad)
