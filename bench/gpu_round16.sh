@@ -4,6 +4,7 @@
 #      fixed in session 8), the UCPE prep at the model's shape head-major and token-major
 #   2. FP8 (official scope) generator alone with the round-15 code (round 11: 178.2 ms/chunk)
 #   3. kernel profile of the bf16 generator after round 15 (where the 190.3 ms go now)
+#   4. the prep kernels replayed from CUDA graphs (bench.kernels timed them eagerly before: host time)
 # Carry .whl (diffusers).
 source bench/gpu_setup.sh
 {
@@ -14,6 +15,9 @@ timeout 120 python3 -m pytest tests/gpu/test_gdn_kernels_gpu.py tests/unit/test_
 echo "== generator alone, fp8 (official scope) + compile"
 timeout 110 python3 -m runtime.cli bench --precision fp8 --chunks 6 --warmup 3 --compile --no-decode \
   --json $OUT/bench_fp8_compile_generator.json 2>&1 | grep -v "Warn\|W12\|_warn" | tail -8
+echo "== prep kernels, graph-replayed"
+timeout 60 python3 -m bench.kernels --quick --only gdn_prep,ucpe_prep,ucpe_qkv,ucpe_out16 --json $OUT/kernels_prep.json 2>&1 \
+  | grep -E "^(gdn|ucpe)" | tail -8
 echo "== bf16 generator profile"
 timeout 110 python3 -m runtime.cli bench --chunks 2 --warmup 2 --compile --no-decode \
   --profile $OUT/profile_bf16_generator.txt --json /tmp/p.json 2>&1 | tail -1
