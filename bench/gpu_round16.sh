@@ -5,6 +5,8 @@
 #   2. FP8 (official scope) generator alone with the round-15 code (round 11: 178.2 ms/chunk)
 #   3. kernel profile of the bf16 generator after round 15 (where the 190.3 ms go now)
 #   4. the prep kernels replayed from CUDA graphs (bench.kernels timed them eagerly before: host time)
+#   5. bench/phase_a_floor.py: phase A as shipped vs the same products with beta folded into the operands
+#      upstream (both tiles straight from memory): is folding beta into the prep worth its API change? (#5)
 # Carry .whl (diffusers).
 source bench/gpu_setup.sh
 {
@@ -18,6 +20,8 @@ timeout 110 python3 -m runtime.cli bench --precision fp8 --chunks 6 --warmup 3 -
 echo "== prep kernels, graph-replayed"
 timeout 60 python3 -m bench.kernels --quick --only gdn_prep,ucpe_prep,ucpe_qkv,ucpe_out16 --json $OUT/kernels_prep.json 2>&1 \
   | grep -E "^(gdn|ucpe)" | tail -8
+echo "== phase A floor experiment"
+timeout 60 python3 -m bench.phase_a_floor --json $OUT/phase_a_floor.json 2>&1 | tail -2
 echo "== bf16 generator profile"
 timeout 110 python3 -m runtime.cli bench --chunks 2 --warmup 2 --compile --no-decode \
   --profile $OUT/profile_bf16_generator.txt --json /tmp/p.json 2>&1 | tail -1

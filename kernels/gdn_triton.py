@@ -443,6 +443,44 @@ def _last_contiguous(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
+def phase_a_rows(n_products: int, BK: int, BV: int, cfg: dict, n_sm: int) -> int:
+    """Phase A's row blocks per product: output rows are split over NROW programs until the grid fills the GPU
+    (at least 16 rows per program: the tl.dot minimum)."""
+    nrow = 1
+    while (nrow * n_products < cfg["target_programs_per_sm"] * n_sm and BK // (2 * nrow) >= 16
+           and BV // (2 * nrow) >= 16):
+        nrow *= 2
+    return nrow
+
+
+def _launch_phase_a(k: Tensor, k_rot: Tensor, v: Tensor, beta: Tensor, with_z: bool, cfg: dict, n_sm: int
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Phase A over [B, H, T, S, D] inputs: the per-frame products (A, U, Az, uz buffers; Az / uz alias A
+    without the z stream)."""
+    B, H, T, S, DK = k.shape
+    DV = v.shape[-1]
+    BK, BV = _block(DK), _block(DV)
+    n_bht = B * H * T
+    n_prod = 3 if with_z else 2
+    nrow = phase_a_rows(n_bht * n_prod, BK, BV, cfg, n_sm)
+    prec_a = _dot_precision(k, _PREC_PHASE_A_LOW)
+    split = max(1, int(cfg.get("a_split_s", 1)))
+    # Token-split programs add into their outputs: those start at zero (never NaN-filled).
+    alloc_a = _alloc if split == 1 else (lambda shape, dev: torch.zeros(shape, dtype=torch.float32, device=dev))
+    buf_A = alloc_a((n_bht, BK, BK), k.device)
+    buf_U = alloc_a((n_bht, BV, BK), k.device)
+    buf_Az = alloc_a((n_bht, BK, BK), k.device) if with_z else buf_A
+    buf_uz = alloc_a((n_bht, BK), k.device) if with_z else buf_A
+    _gdn_phase_a_kernel[(n_prod * nrow * split, n_bht)](
+        k, k_rot, v, beta, buf_A, buf_U, buf_Az, buf_uz,
+        *k.stride()[:4], *k_rot.stride()[:4], *v.stride()[:4], *beta.stride(),
+        H, T, S, DK, DV,
+        BLOCK_S=cfg["a_block_s_bf16" if prec_a == "bf16" else "a_block_s"], BK=BK, BV=BV, NROW=nrow, SPLIT=split,
+        HAS_Z=with_z, NUM_STAGES=cfg["a_stages"], PRECISION=prec_a, num_warps=cfg["a_warps"],
+    )
+    return buf_A, buf_U, buf_Az, buf_uz
+
+
 _RESET_CACHE: dict[tuple, Tensor] = {}
 
 
@@ -490,29 +528,7 @@ def _run(q, k, v, beta, g, q_rot, k_rot, *, do_fwd, do_bwd, initial_state, with_
     cfg = _config(device)
     n_sm = _device_info(device)[0]
     n_bht = B * H * T
-    n_prod = 3 if with_z else 2
-
-    # Phase A: split each product's output rows over NROW programs until the grid fills the GPU (at least
-    # 16 rows per program: the tl.dot minimum).
-    nrow = 1
-    while (nrow * n_bht * n_prod < cfg["target_programs_per_sm"] * n_sm and BK // (2 * nrow) >= 16
-           and BV // (2 * nrow) >= 16):
-        nrow *= 2
-    prec_a = _dot_precision(k, _PREC_PHASE_A_LOW)
-    split = max(1, int(cfg.get("a_split_s", 1)))
-    # Token-split programs add into their outputs: those start at zero (never NaN-filled).
-    alloc_a = _alloc if split == 1 else (lambda shape, dev: torch.zeros(shape, dtype=torch.float32, device=dev))
-    buf_A = alloc_a((n_bht, BK, BK), device)
-    buf_U = alloc_a((n_bht, BV, BK), device)
-    buf_Az = alloc_a((n_bht, BK, BK), device) if with_z else buf_A
-    buf_uz = alloc_a((n_bht, BK), device) if with_z else buf_A
-    _gdn_phase_a_kernel[(n_prod * nrow * split, n_bht)](
-        k, k_rot, v, beta, buf_A, buf_U, buf_Az, buf_uz,
-        *k.stride()[:4], *k_rot.stride()[:4], *v.stride()[:4], *beta.stride(),
-        H, T, S, DK, DV,
-        BLOCK_S=cfg["a_block_s_bf16" if prec_a == "bf16" else "a_block_s"], BK=BK, BV=BV, NROW=nrow, SPLIT=split,
-        HAS_Z=with_z, NUM_STAGES=cfg["a_stages"], PRECISION=prec_a, num_warps=cfg["a_warps"],
-    )
+    buf_A, buf_U, buf_Az, buf_uz = _launch_phase_a(k, k_rot, v, beta, with_z, cfg, n_sm)
 
     # Phase B.
     ndir = int(do_fwd) + int(do_bwd)

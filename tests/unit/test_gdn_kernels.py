@@ -506,3 +506,11 @@ def test_launch_override_from_the_environment():
     for bad in ("a_split_s=2", '{"a_split": 2}', '{"a_split_s": "two"}', "[1]"):
         with pytest.raises(ValueError, match="SANA_WM_GDN_LAUNCH"):
             gdn_triton._launch_override(bad)
+
+
+@needs_triton
+def test_phase_a_floor_experiment_kernel():
+    """bench/phase_a_floor.py's plain Gram kernel (phase A with beta folded upstream) computes X^T Y."""
+    from bench.phase_a_floor import check
+
+    assert check(DEVICE) < TF32_REL
