@@ -1,0 +1,36 @@
+"""`sana-wm bench` off the GPU: the tiny model on the CPU (a functional run, not a speed claim), the quantization
+scope in the record, and one clear line where CUDA is asked for but absent."""
+import json
+
+import pytest
+import torch
+
+from runtime.cli import main
+
+
+def test_bench_cpu_tiny_world_records_precision_and_scope(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--device", "cpu", "--model", "tiny-world", "--precision", "fp8", "--scope", "compact",
+                 "--chunks", "2", "--warmup", "1", "--no-decode", "--json", str(out)])
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "tiny-world / fp8 (compact scope)" in table
+    r = json.loads(out.read_text())
+    assert r["precision"] == "fp8" and r["quant_scope"] == "compact"
+    assert r["chunks_timed"] == 2 and r["generator_ms_per_chunk_p50"] > 0
+    assert r["with_decoder_ms_per_chunk_p50"] is None           # --no-decode
+    assert r["frames_per_chunk"] == 24 and r["generator_x_realtime"] > 0
+
+
+def test_bench_bf16_has_no_scope(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--device", "cpu", "--model", "tiny-world", "--chunks", "1", "--warmup", "1",
+                 "--no-decode", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["quant_scope"] is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_bench_without_cuda_says_so(capsys):
+    assert main(["bench"]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA GPU here" in err and "--device cpu" in err
