@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # Round 16 (one ~5-minute call), prepared in session 8 after the device time ran out:
-#   1. GPU tests not yet run on a GPU: the camera-prep composition test (its RoPE tables were built on the CPU,
+#   1. GPU tests not yet run on a GPU: phase A with beta folded, the shipped scans at the streaming shape, the
+#      camera-prep composition test (its RoPE tables were built on the CPU,
 #      fixed in session 8), the UCPE prep at the model's shape head-major and token-major
 #   2. FP8 (official scope) generator alone with the round-15 code (round 11: 178.2 ms/chunk)
 #   3. kernel profile of the bf16 generator after round 15 (where the 190.3 ms go now)
 #   4. the prep kernels replayed from CUDA graphs (bench.kernels timed them eagerly before: host time)
-#   5. bench/phase_a_floor.py: phase A as shipped vs the same products with beta folded into the operands
-#      upstream (both tiles straight from memory): is folding beta into the prep worth its API change? (#5)
+#   5. bench/phase_a_floor.py: phase A as shipped vs the same kernel with beta folded into its operands
+#      (FOLDED: both tiles straight from memory) + the folding pass: worth wiring into gdn_bidirectional? (#5)
 # Carry .whl (diffusers).
 source bench/gpu_setup.sh
 {
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 echo "== GPU tests"
 timeout 120 python3 -m pytest tests/gpu/test_gdn_kernels_gpu.py tests/unit/test_gdn_kernels.py -q -p no:cacheprovider \
-  -rfE -k "ucpe or launch_override" 2>&1 | grep -E "passed|failed|FAILED|Error" | tail -6
+  -rfE -k "ucpe or launch_override or folded or bidirectional_streaming_shape" 2>&1 | grep -E "passed|failed|FAILED|Error" | tail -6
 echo "== generator alone, fp8 (official scope) + compile"
 timeout 110 python3 -m runtime.cli bench --precision fp8 --chunks 6 --warmup 3 --compile --no-decode \
   --json $OUT/bench_fp8_compile_generator.json 2>&1 | grep -v "Warn\|W12\|_warn" | tail -8

@@ -509,8 +509,24 @@ def test_launch_override_from_the_environment():
 
 
 @needs_triton
-def test_phase_a_floor_experiment_kernel():
-    """bench/phase_a_floor.py's plain Gram kernel (phase A with beta folded upstream) computes X^T Y."""
-    from bench.phase_a_floor import check
+@pytest.mark.parametrize("programs_per_sm", [1, 64], ids=["whole-rows", "row-blocks"])
+def test_triton_phase_a_with_beta_folded_into_the_keys(programs_per_sm):
+    """Phase A given beta * k and beta * k~ as its y operands (the candidate bench/phase_a_floor.py times) gives
+    the products of the shipped path, which scales by beta inside the kernel."""
+    from kernels import gdn_triton
+    from kernels.gdn_triton import nan_filled_buffers
 
-    assert check(DEVICE) < TF32_REL
+    cfg = dict(gdn_triton._config(torch.device(DEVICE)), a_block_s=16, a_block_s_bf16=16,
+               target_programs_per_sm=programs_per_sm)
+    inp = gdn_inputs(1, 2, 3, 40, 48, 32, device=DEVICE, seed=29)
+    k, k_rot, v, beta = inp["k"].contiguous(), inp["k_rot"].contiguous(), inp["v"], inp["beta"]
+    n_sm = gdn_triton._device_info(torch.device(DEVICE))[0]
+    with nan_filled_buffers():
+        want = gdn_triton._launch_phase_a(k, k_rot, v, beta, True, cfg, n_sm)
+        got = gdn_triton._launch_phase_a(k, k_rot, v, beta, True, cfg, n_sm,
+                                         folded=(k * beta[..., None], k_rot * beta[..., None]))
+    for name, a, b in zip(("A", "U", "Az", "uz"), got, want, strict=True):
+        assert_close(name, a, b)
+    with pytest.raises(ValueError, match="layouts"):
+        gdn_triton._launch_phase_a(k, k_rot, v, beta, True, cfg, n_sm,
+                                   folded=(k.transpose(-1, -2).contiguous().transpose(-1, -2), k_rot))
