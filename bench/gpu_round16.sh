@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Round 16 (one ~5-minute call), prepared in session 8 after the device time ran out:
+# Round 16 (one ~8-minute call), prepared in session 8 after the device time ran out:
 #   1. GPU tests not yet run on a GPU: phase A with beta folded, the shipped scans at the streaming shape, the
 #      camera-prep composition test (its RoPE tables were built on the CPU,
 #      fixed in session 8), the UCPE prep at the model's shape head-major and token-major
@@ -7,7 +7,9 @@
 #   3. kernel profile of the bf16 generator after round 15 (where the 190.3 ms go now)
 #   4. the prep kernels replayed from CUDA graphs (bench.kernels timed them eagerly before: host time)
 #   5. bench/phase_a_floor.py: phase A as shipped vs the same kernel with beta folded into its operands
-#      (FOLDED: both tiles straight from memory) + the folding pass: worth wiring into gdn_bidirectional? (#5)
+#      (FOLDED: both tiles straight from memory) + the folding pass (#5)
+#   6. the bf16 generator alone with SANA_WM_GDN_FOLD_BETA=1 (the scan launcher folds beta itself; round 15:
+#      190.3 ms/chunk). If faster: make FOLD_BETA the default in kernels/gdn_triton.py
 # Carry .whl (diffusers).
 source bench/gpu_setup.sh
 {
@@ -23,6 +25,9 @@ timeout 60 python3 -m bench.kernels --quick --only gdn_prep,ucpe_prep,ucpe_qkv,u
   | grep -E "^(gdn|ucpe)" | tail -8
 echo "== phase A floor experiment"
 timeout 60 python3 -m bench.phase_a_floor --json $OUT/phase_a_floor.json 2>&1 | tail -2
+echo "== generator alone, bf16 + compile, SANA_WM_GDN_FOLD_BETA=1"
+SANA_WM_GDN_FOLD_BETA=1 timeout 100 python3 -m runtime.cli bench --chunks 6 --warmup 3 --compile --no-decode \
+  --json $OUT/bench_bf16_fold_beta_generator.json 2>&1 | grep -v "Warn\|W12\|_warn" | tail -8
 echo "== bf16 generator profile"
 timeout 110 python3 -m runtime.cli bench --chunks 2 --warmup 2 --compile --no-decode \
   --profile $OUT/profile_bf16_generator.txt --json /tmp/p.json 2>&1 | tail -1

@@ -49,15 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     beta = torch.rand(B, H, T, S, generator=gen, device=dev)
     cfg = gt._config(dev)
     n_sm = gt._device_info(dev)[0]
-    folded = tuple(t * beta[..., None].to(t.dtype) for t in (k, k_rot))
-
-    def fold():
-        torch.mul(k, beta[..., None].to(k.dtype), out=folded[0])
-        torch.mul(k_rot, beta[..., None].to(k_rot.dtype), out=folded[1])
-
+    folded = gt._fold_beta(k, k_rot, beta, True)
     shipped_ms = _graph_ms(lambda: gt._launch_phase_a(k, k_rot, v, beta, True, cfg, n_sm))
     folded_ms = _graph_ms(lambda: gt._launch_phase_a(k, k_rot, v, beta, True, cfg, n_sm, folded=folded))
-    fold_ms = _graph_ms(fold)
+    fold_ms = _graph_ms(lambda: gt._fold_beta(k, k_rot, beta, True))
     want = gt._launch_phase_a(k, k_rot, v, beta, True, cfg, n_sm)
     got = gt._launch_phase_a(k, k_rot, v, beta, True, cfg, n_sm, folded=folded)
     errs = {name: float((a - b).norm() / b.norm()) for name, a, b in zip(("A", "U", "Az", "uz"), got, want,

@@ -82,6 +82,10 @@ _PREC_PHASE_A_LOW = os.environ.get("SANA_WM_GDN_PHASE_A", "bf16")
 # relative RMS (bf16 budget 2e-2); round 8: the generator 234.4 instead of 236.5 ms per chunk.
 # SANA_WM_GDN_PHASE_C=tf32 restores the TF32 product; tests/gpu checks both against the bf16 budget.
 _PREC_PHASE_C_LOW = os.environ.get("SANA_WM_GDN_PHASE_C", "bf16")
+# SANA_WM_GDN_FOLD_BETA=1: the scan launcher makes beta * k~ (and beta * k for the z stream) in one elementwise pass
+# and phase A reads them as its y operands (`_launch_phase_a(..., folded=...)`): no per-step scaling in the kernel.
+# Off until timed on a GPU (bench/phase_a_floor.py, bench/gpu_round16.sh).
+FOLD_BETA = os.environ.get("SANA_WM_GDN_FOLD_BETA", "0") == "1"
 
 
 def _dot_precision(x: Tensor, low: str) -> str:
@@ -507,6 +511,16 @@ def _launch_phase_a(k: Tensor, k_rot: Tensor, v: Tensor, beta: Tensor, with_z: b
     return buf_A, buf_U, buf_Az, buf_uz
 
 
+def _fold_beta(k: Tensor, k_rot: Tensor, beta: Tensor, with_z: bool) -> tuple[Tensor, Tensor]:
+    """(beta * k, beta * k_rot) in the inputs' dtype and layout, rounded as the kernel rounds its in-loop scaling
+    (fp32 product, one cast); beta * k only with the z stream (k itself stands in otherwise, never read)."""
+    b = beta.float()[..., None]
+    # One kernel per tensor: the product is computed in fp32 (type promotion) and cast on the way out.
+    k_rot_beta = torch.mul(k_rot, b, out=torch.empty_like(k_rot))
+    k_beta = torch.mul(k, b, out=torch.empty_like(k)) if with_z else k
+    return k_beta, k_rot_beta
+
+
 _RESET_CACHE: dict[tuple, Tensor] = {}
 
 
@@ -554,7 +568,11 @@ def _run(q, k, v, beta, g, q_rot, k_rot, *, do_fwd, do_bwd, initial_state, with_
     cfg = _config(device)
     n_sm = _device_info(device)[0]
     n_bht = B * H * T
-    buf_A, buf_U, buf_Az, buf_uz = _launch_phase_a(k, k_rot, v, beta, with_z, cfg, n_sm)
+    folded = None
+    if FOLD_BETA:
+        k, k_rot = k.contiguous(), k_rot.contiguous()      # the folded copies share their layouts
+        folded = _fold_beta(k, k_rot, beta, with_z)
+    buf_A, buf_U, buf_Az, buf_uz = _launch_phase_a(k, k_rot, v, beta, with_z, cfg, n_sm, folded)
 
     # Phase B.
     ndir = int(do_fwd) + int(do_bwd)

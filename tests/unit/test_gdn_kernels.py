@@ -530,3 +530,21 @@ def test_triton_phase_a_with_beta_folded_into_the_keys(programs_per_sm):
     with pytest.raises(ValueError, match="layouts"):
         gdn_triton._launch_phase_a(k, k_rot, v, beta, True, cfg, n_sm,
                                    folded=(k.transpose(-1, -2).contiguous().transpose(-1, -2), k_rot))
+
+
+@needs_triton
+def test_triton_scans_with_beta_folded(monkeypatch):
+    """SANA_WM_GDN_FOLD_BETA=1 (off by default until timed): the launcher folds beta into the keys for phase A;
+    the bidirectional scan (with and without z, keys given as permuted views, beta permuted as the runtime
+    makes it) and the one-way scan still match their references."""
+    from kernels import gdn_triton
+
+    monkeypatch.setattr(gdn_triton, "FOLD_BETA", True)
+    inp = gdn_inputs(1, 2, 3, 21, 16, device=DEVICE, initial_state=True, seed=30)
+    inp["k"] = inp["k"].permute(0, 2, 3, 1, 4).contiguous().permute(0, 3, 1, 2, 4)
+    inp["beta"] = inp["beta"].permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    assert not (inp["k"].is_contiguous() or inp["beta"].is_contiguous())
+    _check_with_and_without_z(inp)
+    out = gdn.gdn_scan(**inp, with_z=True, impl="triton")
+    ref = gdn.gdn_scan(**inp, with_z=True, impl="reference")
+    assert_scan_close("one-way scan", out.num, ref.num)
