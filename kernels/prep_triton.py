@@ -124,6 +124,21 @@ def gdn_prep_triton(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, ro
 
 
 @triton.jit
+def _cam_rope_groups(p_cos_t, p_sin_t, G, BLOCK_D: tl.constexpr, INVERSE: tl.constexpr):
+    """One token's camera-RoPE cos / sin per 4-group as [1, D/4] rows for `_ucpe_groups`: groups c in [G, 2G)
+    hold pairs 2 (c - G) and 2 (c - G) + 1 (the others get the identity rotation); INVERSE negates the sines."""
+    o_g = tl.arange(0, BLOCK_D // 4)
+    m_r = (o_g >= G) & (o_g < 2 * G)
+    o_ja = 2 * (o_g - G)
+    sign = -1.0 if INVERSE else 1.0
+    b_ca = tl.load(p_cos_t + o_ja, mask=m_r, other=1.0).to(tl.float32)[None, :]
+    b_sa = sign * tl.load(p_sin_t + o_ja, mask=m_r, other=0.0).to(tl.float32)[None, :]
+    b_cb = tl.load(p_cos_t + o_ja + 1, mask=m_r, other=1.0).to(tl.float32)[None, :]
+    b_sb = sign * tl.load(p_sin_t + o_ja + 1, mask=m_r, other=0.0).to(tl.float32)[None, :]
+    return b_ca, b_sa, b_cb, b_sb
+
+
+@triton.jit
 def _load_pose(p_P_t):
     """The 16 entries of one token's row-major 4x4 pose as fp32 scalars."""
     return (tl.load(p_P_t + 0).to(tl.float32), tl.load(p_P_t + 1).to(tl.float32),
@@ -160,18 +175,9 @@ def _ucpe_prep_kernel(
     p_P_t = p_P + i_tok.to(tl.int64) * 16
     p00, p01, p02, p03, p10, p11, p12, p13, p20, p21, p22, p23, p30, p31, p32, p33 = _load_pose(p_P_t)
 
-    # Camera RoPE of the groups c in [G, 2G): pairs 2 (c - G) and 2 (c - G) + 1 (inverse: negated sines).
     G = D // 8
-    o_g = tl.arange(0, BLOCK_D // 4)
-    m_r = (o_g >= G) & (o_g < 2 * G)
-    o_ja = 2 * (o_g - G)
-    p_cos_t = p_cos + i_t * stride_ct + i_s * stride_cs
-    p_sin_t = p_sin + i_t * stride_st + i_s * stride_ss
-    sign = -1.0 if MODE == 2 else 1.0
-    b_ca = tl.load(p_cos_t + o_ja, mask=m_r, other=1.0).to(tl.float32)[None, :]
-    b_sa = sign * tl.load(p_sin_t + o_ja, mask=m_r, other=0.0).to(tl.float32)[None, :]
-    b_cb = tl.load(p_cos_t + o_ja + 1, mask=m_r, other=1.0).to(tl.float32)[None, :]
-    b_sb = sign * tl.load(p_sin_t + o_ja + 1, mask=m_r, other=0.0).to(tl.float32)[None, :]
+    b_ca, b_sa, b_cb, b_sb = _cam_rope_groups(p_cos + i_t * stride_ct + i_s * stride_cs,
+                                              p_sin + i_t * stride_st + i_s * stride_ss, G, BLOCK_D, MODE == 2)
 
     if MODE == 2:
         b_y = _ucpe_groups(b_x, p00, p01, p02, p03, p10, p11, p12, p13, p20, p21, p22, p23, p30, p31, p32, p33,
@@ -276,17 +282,9 @@ def _ucpe_qkv_prep_kernel(
     i13 = -(p01 * p03 + p11 * p13 + p21 * p23)
     i23 = -(p02 * p03 + p12 * p13 + p22 * p23)
 
-    # Camera RoPE of the groups c in [G, 2G): pairs 2 (c - G) and 2 (c - G) + 1.
     G = D // 8
-    o_g = tl.arange(0, BLOCK_D // 4)
-    m_r = (o_g >= G) & (o_g < 2 * G)
-    o_ja = 2 * (o_g - G)
-    p_cos_t = p_cos + i_t * stride_ct + i_s * stride_cs
-    p_sin_t = p_sin + i_t * stride_st + i_s * stride_ss
-    b_ca = tl.load(p_cos_t + o_ja, mask=m_r, other=1.0).to(tl.float32)[None, :]
-    b_sa = tl.load(p_sin_t + o_ja, mask=m_r, other=0.0).to(tl.float32)[None, :]
-    b_cb = tl.load(p_cos_t + o_ja + 1, mask=m_r, other=1.0).to(tl.float32)[None, :]
-    b_sb = tl.load(p_sin_t + o_ja + 1, mask=m_r, other=0.0).to(tl.float32)[None, :]
+    b_ca, b_sa, b_cb, b_sb = _cam_rope_groups(p_cos + i_t * stride_ct + i_s * stride_cs,
+                                              p_sin + i_t * stride_st + i_s * stride_ss, G, BLOCK_D, False)
 
     b_qp = _ucpe_groups(b_q, p00, p10, p20, p30, p01, p11, p21, p31, p02, p12, p22, p32, p03, p13, p23, p33,
                         b_ca, b_sa, b_cb, b_sb, G, BLOCK_H, BLOCK_D)
