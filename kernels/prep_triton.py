@@ -43,6 +43,13 @@ def _empty(shape, device, dtype=torch.float32) -> Tensor:
 
 
 @triton.jit
+def _token_coords(T, S):
+    """This program's token (axis 0 of a one-program-per-token grid over [B, T, S]) and its (b, t, s)."""
+    i_tok = tl.program_id(0)
+    return i_tok, i_tok // (T * S), (i_tok // S) % T, i_tok % S
+
+
+@triton.jit
 def _rope_pairs(b_x, b_cos, b_sin, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
     """Rotate the interleaved pairs (2j, 2j+1) of b_x [BLOCK_H, BLOCK_D] by cos/sin [BLOCK_D // 2]."""
     b_e, b_o = tl.split(tl.reshape(b_x, [BLOCK_H, BLOCK_D // 2, 2]))
@@ -59,10 +66,7 @@ def _gdn_prep_kernel(
     T, S, H, D, C, key_scale, eps,
     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, RELU: tl.constexpr,
 ):
-    i_tok = tl.program_id(0)
-    i_b = i_tok // (T * S)
-    i_t = (i_tok // S) % T
-    i_s = i_tok % S
+    _, i_b, i_t, i_s = _token_coords(T, S)
     o_h = tl.arange(0, BLOCK_H)
     o_d = tl.arange(0, BLOCK_D)
     o_j = tl.arange(0, BLOCK_D // 2)
@@ -161,10 +165,7 @@ def _ucpe_prep_kernel(
     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, MODE: tl.constexpr,
 ):
     # MODE 0: g -> P^T g, RoPE.   1: g -> P^-1 g (rigid), RoPE.   2: g -> P g, inverse RoPE.
-    i_tok = tl.program_id(0)
-    i_b = i_tok // (T * S)
-    i_t = (i_tok // S) % T
-    i_s = i_tok % S
+    i_tok, i_b, i_t, i_s = _token_coords(T, S)
     o_h = tl.arange(0, BLOCK_H)
     o_d = tl.arange(0, BLOCK_D)
     m_hd = (o_h < H)[:, None] & (o_d[None, :] < D)
@@ -249,10 +250,7 @@ def _ucpe_qkv_prep_kernel(
     T, S, H, D, C, key_scale, eps,
     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, RELU: tl.constexpr,
 ):
-    i_tok = tl.program_id(0)
-    i_b = i_tok // (T * S)
-    i_t = (i_tok // S) % T
-    i_s = i_tok % S
+    i_tok, i_b, i_t, i_s = _token_coords(T, S)
     o_h = tl.arange(0, BLOCK_H)
     o_d = tl.arange(0, BLOCK_D)
     m_h = o_h < H
