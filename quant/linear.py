@@ -237,8 +237,9 @@ class FP8Conv1x1(_Conv1x1, FP8Linear):
 
 class _TemporalConv:
     """Conv2d with a (k, 1) kernel (the FFN's temporal mix over frames) holding a quantized weight, stored 2-D as
-    [out, in * k] (the conv weight flattened, as ModelOpt stores conv weights). The model reads the dequantized
-    kernel through `conv_weight`; `forward` is the plain convolution, or the GEMM over token-major taps."""
+    [out, in * k] (the conv weight flattened, as ModelOpt stores conv weights). The runtime's FFN calls it on
+    token-major taps [N, in * k] (one quantized GEMM); 4-D input gets the plain convolution with the kernel
+    decoded by `conv_weight`."""
 
     taps: int = 1
     """k, the kernel height (frames)."""
