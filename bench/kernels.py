@@ -21,6 +21,8 @@ Rows (each Triton op against the same call with impl="reference", the fp32 PyTor
     layer_fcam    the same with the camera prep fused (ucpe_qkv_prep) and the inverse UCPE in the camera
                   scan's epilogue (gdn_bidirectional(..., out_ucpe=...))
     layer_fcam16  the same with bf16 prep outputs (out_dtype=bf16; the scans still accumulate in fp32)
+    layer_op16    layer_fcam16 as the model runs it now: one op (kernels.gdn_layer), branches on one stream
+    layer_2s16    the same op with the camera branch on a second stream, concurrent with the main branch
     *_graph       the layer replayed from a CUDA graph (what the streaming loop runs)
     depthwise_glu the FFN's depthwise 3x3 conv + GLU gate (kernels.glu_conv) of one chunk, bf16, against the
                   stock bf16 spelling it replaced (SiLU, cuDNN depthwise conv, gate), as the FFN calls it (the
@@ -28,6 +30,7 @@ Rows (each Triton op against the same call with impl="reference", the fp32 PyTor
     sdpa          a softmax block's main attention in steady state (2640 queries over 8800 keys, 20 x 112,
                   bf16) through each SDPA backend, at D = 112 and zero-padded to 128 (spec section 3), against
                   the fp32 math backend
+    sdpa_pair     both attentions of a softmax block (main + camera) as two cuDNN calls or one batched call
 
 Timings are triton.testing.do_bench medians (L2 flushed) on random never-zero inputs. Each row gives TFLOP/s
 and GB/s on the useful work (unpadded D; minimum traffic: every input read once, every output written once),
@@ -242,7 +245,21 @@ def gdn_layer(x: dict, impl: str, fused_camera: bool = False, out_dtype: torch.d
     return out_m, out_c, h_m, z_m, h_c
 
 
-def _layer_case(T, graph: bool, fused_camera: bool = False, out_dtype: torch.dtype = torch.float32):
+def gdn_layer_op(x: dict, impl: str, streams: bool):
+    """The same layer through kernels.gdn_layer (bf16 prep outputs), as runtime/attention.py calls it."""
+    from kernels.gdn_layer import gdn_layer as fused
+
+    main, cam, (h_m, z_m, h_c) = fused(
+        x["qm"], x["km"], x["vm"], x["wq"], x["wk"], x["cos"], x["sin"], x["beta"], x["g"], x["qc"], x["kc"],
+        x["vc"], x["wqc"], x["wkc"], x["P"], x["ccos"], x["csin"], num_heads=H, key_scale=(D * S) ** -0.5,
+        initial_state=(x["h0"], x["z0"], x["hc0"]), output_final_state=True, out_dtype=torch.bfloat16,
+        streams=streams, impl=impl)
+    return main, cam, h_m, z_m, h_c
+
+
+def _layer_case(T, graph: bool, fused_camera: bool = False, out_dtype: torch.dtype = torch.float32,
+                streams: bool | None = None):
+    """streams None: the composition of the separate ops; True / False: the kernels.gdn_layer op."""
     x = layer_inputs(T)
     C = H * D
     act = B * T * S * C
@@ -253,6 +270,8 @@ def _layer_case(T, graph: bool, fused_camera: bool = False, out_dtype: torch.dty
     def layer(impl):
         if impl == "reference":                # the reference is always the fp32 composition
             return gdn_layer(x, impl)
+        if streams is not None:
+            return gdn_layer_op(x, impl, streams)
         return gdn_layer(x, impl, fused_camera, out_dtype)
 
     return (_graphed(layer) if graph else layer), flops, nbytes
@@ -346,6 +365,35 @@ def _sdpa_case(backend: str, pad_to: int | None = None):
     return run, 4.0 * 2640 * 8800 * D * H, 2 * (q.numel() + k.numel() + v.numel() + q.numel())
 
 
+def _sdpa_pair_case(batched: bool):
+    """Both attentions of a softmax block (main and camera branch: same shapes, same scale in the streaming
+    config) as two cuDNN calls, or as one call over a batch of two (whether one bigger launch fills the GPU
+    better than two: 20 heads x 2640 / 128 query tiles are ~3.2 waves on 132 SMs)."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    g = torch.Generator(device=DEVICE).manual_seed(1)
+    # [branch, heads, tokens, D]: each branch's q / k / v is one batch entry, as a cache laid out
+    # (main, camera) next to each other would hand them over without a copy.
+    q = torch.randn(2, H, 2640, D, device=DEVICE, generator=g).to(torch.bfloat16)
+    k = torch.randn(2, H, 8800, D, device=DEVICE, generator=g).to(torch.bfloat16)
+    v = torch.randn(2, H, 8800, D, device=DEVICE, generator=g).to(torch.bfloat16)
+    scale = 128 ** -0.5
+
+    def run(impl):
+        if impl == "reference":
+            with sdpa_kernel(SDPBackend.MATH):
+                return [F.scaled_dot_product_attention(q[i:i + 1].float(), k[i:i + 1].float(), v[i:i + 1].float(),
+                                                       scale=scale) for i in range(2)]
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            if batched:
+                return list(F.scaled_dot_product_attention(q, k, v, scale=scale).split(1))
+            return [F.scaled_dot_product_attention(q[i:i + 1], k[i:i + 1], v[i:i + 1], scale=scale)
+                    for i in range(2)]
+
+    return run, 2 * 4.0 * 2640 * 8800 * D * H, 2 * (q.numel() + k.numel() + v.numel() + q.numel())
+
+
 def build_cases(quick: bool) -> list[dict]:
     from kernels.glu_conv_triton import CONFIG_CHOICES
 
@@ -354,6 +402,9 @@ def build_cases(quick: bool) -> list[dict]:
     for backend, pad in (("cudnn", None), ("cudnn", 128), ("flash", None), ("flash", 128), ("efficient", None)):
         cases.append({"op": "sdpa", "bf16": True, "shape": f"{backend} D={pad or D}",
                       "make": lambda b=backend, p=pad: _sdpa_case(b, p)})
+    for batched in (False, True):
+        cases.append({"op": "sdpa_pair", "bf16": True, "shape": "cudnn batch of 2" if batched else "cudnn 2 calls",
+                      "make": lambda b=batched: _sdpa_pair_case(b)})
     for cfg in CONFIG_CHOICES:   # the launch-config choices (kernels.glu_conv_triton.CONFIG), as the FFN calls it
         cases.append({"op": "depthwise_glu_sweep", "bf16": True, "shape": "-".join(map(str, cfg)),
                       "make": lambda c=cfg: _depthwise_glu_case(c, silu_input=True)})
@@ -379,6 +430,9 @@ def build_cases(quick: bool) -> list[dict]:
             for graph in (False, True):
                 cases.append({"op": name + ("_graph" if graph else ""), "shape": tag, "bf16": dt != torch.float32,
                               "make": lambda T=T, g=graph, f=fused, d=dt: _layer_case(T, g, f, d)})
+        for name, streams in (("layer_op16", False), ("layer_2s16", True)):
+            cases.append({"op": name + "_graph", "shape": tag, "bf16": True,
+                          "make": lambda T=T, s=streams: _layer_case(T, True, True, torch.bfloat16, s)})
     if not quick:
         chunks = chunk_causal_chunks(LONG_T)
         tag = f"T={LONG_T} chunked"

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels.gdn import gdn_bidirectional
+from kernels.gdn_layer import gdn_layer
 from kernels.prep import gdn_prep, ucpe_prep, ucpe_qkv_prep
 from runtime.cache import GDNBlockCache, SoftmaxBlockCache
 from runtime.config import ModelConfig
@@ -105,13 +105,18 @@ class CameraAttention(nn.Module):
         gate = F.silu(self.output_gate(x).float())
         return self.proj(((main.float() + cam.float()) * gate).to(x.dtype))
 
-    def camera_qkv(self, x: Tensor, ctx: FrameContext, relu: bool, key_scale: float, chunks_conv: bool):
-        """Camera-branch q', k', v' [B, H, T, S, D] after norms, (ReLU, key scale) and UCPE, plus the per-frame
-        key-norm inflation of the UCPE transform [B, H, T] (for the beta discount). One fused op."""
+    def camera_projections(self, x: Tensor, ctx: FrameContext, chunks_conv: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Camera-branch q, k, v [B, T, S, C] before their norms (k through its short conv in GDN blocks)."""
         qc, kc, vc = self.q_proj_cam(x), self.k_proj_cam(x), self.v_proj_cam(x)
         if chunks_conv:
             # The camera K conv is bidirectional inside each chunk and carries nothing across chunks.
             kc = bidirectional_short_conv(kc, self.conv_k_cam.weight, ctx.chunks, causal_across_chunks=False)
+        return qc, kc, vc
+
+    def camera_qkv(self, x: Tensor, ctx: FrameContext, relu: bool, key_scale: float, chunks_conv: bool):
+        """Camera-branch q', k', v' [B, H, T, S, D] after norms, (ReLU, key scale) and UCPE, plus the per-frame
+        key-norm inflation of the UCPE transform [B, H, T] (for the beta discount). One fused op."""
+        qc, kc, vc = self.camera_projections(x, ctx, chunks_conv)
         return ucpe_qkv_prep(qc, kc, vc, self.q_norm_cam.weight, self.k_norm_cam.weight, ctx.rays, *ctx.cam_rope,
                              num_heads=self.num_heads, key_scale=key_scale, relu=relu, out_dtype=x.dtype)
 
@@ -132,32 +137,23 @@ class GDNAttention(CameraAttention):
         if write:
             cache.conv_k.copy_(next_left_context(k, cache.conv_k))
         beta, g = self.gates(x)
-        # Prep outputs in the model's dtype: bf16 on the GPU halves their traffic and gives the scan its bf16
-        # tensor-core path (fp32 inputs would take the 3xTF32 path, ~3x slower); fp32 on the CPU, unchanged.
-        qh, kh, q_rot, k_rot = gdn_prep(q, k_conv, self.q_norm.weight, self.k_norm.weight, *ctx.rope,
-                                        num_heads=self.num_heads, key_scale=self.key_scale, out_dtype=x.dtype)
-        vh = _heads(v, self.num_heads)
-        main, final = gdn_bidirectional(
-            qh, kh, vh, beta, g, q_rot=q_rot, k_rot=k_rot, with_z=True, eps=self.cfg.gdn_eps,
-            initial_state=None if cache is None else (cache.state, cache.z), output_final_state=write,
-            chunks=ctx.chunks)
+        qc, kc, vc = self.camera_projections(x, ctx, chunks_conv=True)
+        # Both branches' preps and scans in one op (concurrent on the GPU). Prep outputs in the model's dtype: bf16
+        # on the GPU halves their traffic and gives the scans their bf16 tensor-core path (fp32 inputs would take
+        # the 3xTF32 path, ~3x slower); fp32 on the CPU, unchanged. The camera branch's beta is discounted by the
+        # UCPE key-norm inflation and its inverse UCPE runs in the scan's epilogue.
+        main, cam, final = gdn_layer(
+            q, k_conv, v, self.q_norm.weight, self.k_norm.weight, *ctx.rope, beta, g,
+            qc, kc, vc, self.q_norm_cam.weight, self.k_norm_cam.weight, ctx.rays, *ctx.cam_rope,
+            num_heads=self.num_heads, key_scale=self.key_scale, eps=self.cfg.gdn_eps,
+            initial_state=None if cache is None else (cache.state, cache.z, cache.cam_state),
+            output_final_state=write, chunks=ctx.chunks, out_dtype=x.dtype)
         if write:
             cache.state.copy_(final[0])
             cache.z.copy_(final[1])
-        cam = self.camera_branch(x, ctx, beta, g, cache, write)
+            cache.cam_state.copy_(final[2])
+        cam = self.out_proj_cam(_tokens(cam).to(x.dtype))
         return self.combine(x, _tokens(main), cam)
-
-    def camera_branch(self, x, ctx, beta, g, cache, write) -> Tensor:
-        qp, kp, vp, inflation = self.camera_qkv(x, ctx, relu=True, key_scale=self.key_scale, chunks_conv=True)
-        # Dynamic beta discount: the UCPE transform inflates key norms; damp the write strength to match.
-        beta_cam = beta / inflation.clamp_min(1.0)[..., None]
-        # The inverse UCPE of the output runs in the scan's epilogue.
-        out, final = gdn_bidirectional(
-            qp, kp, vp, beta_cam, g, with_z=False, initial_state=None if cache is None else (cache.cam_state, None),
-            output_final_state=write, chunks=ctx.chunks, out_ucpe=(ctx.rays, *ctx.cam_rope))
-        if write:
-            cache.cam_state.copy_(final[0])
-        return self.out_proj_cam(_tokens(out).to(x.dtype))
 
 
 class SoftmaxAttention(CameraAttention):
