@@ -82,10 +82,6 @@ _PREC_PHASE_A_LOW = os.environ.get("SANA_WM_GDN_PHASE_A", "bf16")
 # relative RMS (bf16 budget 2e-2); round 8: the generator 234.4 instead of 236.5 ms per chunk.
 # SANA_WM_GDN_PHASE_C=tf32 restores the TF32 product; tests/gpu checks both against the bf16 budget.
 _PREC_PHASE_C_LOW = os.environ.get("SANA_WM_GDN_PHASE_C", "bf16")
-# SANA_WM_GDN_FOLD_BETA=1: the scan launcher makes beta * k~ (and beta * k for the z stream) in one elementwise pass
-# and phase A reads them as its y operands (`_launch_phase_a(..., folded=...)`): no per-step scaling in the kernel.
-# Off until timed on a GPU (bench/phase_a_floor.py, bench/gpu_round16.sh).
-FOLD_BETA = os.environ.get("SANA_WM_GDN_FOLD_BETA", "0") == "1"
 
 
 def _dot_precision(x: Tensor, low: str) -> str:
@@ -169,30 +165,15 @@ def _block(d: int) -> int:
 @triton.jit
 def _gram(p_x, p_y, p_beta, s_lo, s_hi, stride_xs, stride_ys, stride_bs, o_x, DX, DY,
           BLOCK_S: tl.constexpr, BX: tl.constexpr, BY: tl.constexpr, SAME: tl.constexpr,
-          NUM_STAGES: tl.constexpr, PRECISION: tl.constexpr, FOLDED: tl.constexpr):
+          NUM_STAGES: tl.constexpr, PRECISION: tl.constexpr):
     """Rows o_x of sum_s x_s^T (beta_s y_s) -> [BX, BY], and sum_s beta_s y_s -> [BY] (x, y: [S, D] tiles), over
-    tokens s_lo <= s < s_hi. SAME: x is y (all rows), loaded once. FOLDED: y holds beta_s y_s already (beta is
-    not read), so both tiles go to the dot as loaded instead of y passing through registers for the scaling."""
+    tokens s_lo <= s < s_hi. SAME: x is y (all rows), loaded once."""
     o_s = tl.arange(0, BLOCK_S)
     o_y = tl.arange(0, BY)
     m_x = o_x < DX
     m_y = o_y < DY
     b_acc = tl.zeros([BX, BY], dtype=tl.float32)
     b_sum = tl.zeros([BY], dtype=tl.float32)
-    if FOLDED:
-        for s0 in tl.range(s_lo, s_hi, BLOCK_S, num_stages=NUM_STAGES):
-            o_t = s0 + o_s
-            m_s = o_t < s_hi
-            b_yb = tl.load(p_y + o_t[:, None] * stride_ys + o_y[None, :], mask=m_s[:, None] & m_y[None, :],
-                           other=0.0)
-            b_x = tl.load(p_x + o_t[:, None] * stride_xs + o_x[None, :], mask=m_s[:, None] & m_x[None, :],
-                          other=0.0)
-            if PRECISION == "bf16":
-                b_acc += tl.dot(tl.trans(b_x.to(tl.bfloat16)), b_yb.to(tl.bfloat16))
-            else:
-                b_acc += tl.dot(tl.trans(b_x.to(tl.float32)), b_yb.to(tl.float32), input_precision=PRECISION)
-            b_sum += tl.sum(b_yb.to(tl.float32), axis=0)
-        return b_acc, b_sum
     for s0 in tl.range(s_lo, s_hi, BLOCK_S, num_stages=NUM_STAGES):
         o_t = s0 + o_s
         m_s = o_t < s_hi
@@ -215,16 +196,15 @@ def _gram(p_x, p_y, p_beta, s_lo, s_hi, stride_xs, stride_ys, stride_bs, o_x, DX
 
 @triton.jit
 def _gdn_phase_a_kernel(
-    p_k, p_kr, p_v, p_beta, p_kb, p_krb, p_A, p_U, p_Az, p_uz,
+    p_k, p_kr, p_v, p_beta, p_A, p_U, p_Az, p_uz,
     stride_kb, stride_kh, stride_kt, stride_ks,
     stride_krb, stride_krh, stride_krt, stride_krs,
     stride_vb, stride_vh, stride_vt, stride_vs,
     stride_bb, stride_bh, stride_bt, stride_bs,
     H, T, S, DK, DV,
     BLOCK_S: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NROW: tl.constexpr, SPLIT: tl.constexpr,
-    HAS_Z: tl.constexpr, NUM_STAGES: tl.constexpr, PRECISION: tl.constexpr, FOLDED: tl.constexpr,
+    HAS_Z: tl.constexpr, NUM_STAGES: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    # FOLDED: p_kb / p_krb hold beta * k / beta * k~ (the strides of k / k~) and are the products' y operands.
     # When B*H*T alone does not fill the GPU, each product's output rows are split over NROW programs
     # (the y operand is then re-read from L2), and with SPLIT > 1 its tokens over SPLIT programs, which add
     # their partial sums into the zeroed outputs (fp32 atomics: the order of the additions, and so the last
@@ -250,23 +230,20 @@ def _gdn_phase_a_kernel(
     p_kr_t = p_kr + i_b * stride_krb + i_h * stride_krh + i_t * stride_krt
     p_beta_t = p_beta + i_b * stride_bb + i_h * stride_bh + i_t * stride_bt
     o_slot = i_bht.to(tl.int64)
-    # The y operand of A and U: k~ (scaled by beta in the loop) or beta * k~ (FOLDED).
-    p_ky_t = (p_krb if FOLDED else p_kr) + i_b * stride_krb + i_h * stride_krh + i_t * stride_krt
     if i_p == 0:
-        b_A, _ = _gram(p_kr_t, p_ky_t, p_beta_t, s_lo, s_hi, stride_krs, stride_krs, stride_bs, o_kr, DK, DK,
-                       BLOCK_S, BKR, BK, NROW == 1 and not FOLDED, NUM_STAGES, PRECISION, FOLDED)
+        b_A, _ = _gram(p_kr_t, p_kr_t, p_beta_t, s_lo, s_hi, stride_krs, stride_krs, stride_bs, o_kr, DK, DK,
+                       BLOCK_S, BKR, BK, NROW == 1, NUM_STAGES, PRECISION)
         _put(p_A + o_slot * BK * BK + o_kr[:, None] * BK + o_k[None, :], b_A, SPLIT)
     elif i_p == 1:
         p_v_t = p_v + i_b * stride_vb + i_h * stride_vh + i_t * stride_vt
-        b_U, _ = _gram(p_v_t, p_ky_t, p_beta_t, s_lo, s_hi, stride_vs, stride_krs, stride_bs, o_vr, DV, DK,
-                       BLOCK_S, BVR, BK, False, NUM_STAGES, PRECISION, FOLDED)
+        b_U, _ = _gram(p_v_t, p_kr_t, p_beta_t, s_lo, s_hi, stride_vs, stride_krs, stride_bs, o_vr, DV, DK,
+                       BLOCK_S, BVR, BK, False, NUM_STAGES, PRECISION)
         _put(p_U + o_slot * BV * BK + o_vr[:, None] * BK + o_k[None, :], b_U, SPLIT)
     else:
         if HAS_Z:
             p_k_t = p_k + i_b * stride_kb + i_h * stride_kh + i_t * stride_kt
-            p_kzy_t = (p_kb if FOLDED else p_k) + i_b * stride_kb + i_h * stride_kh + i_t * stride_kt
-            b_Az, b_uz = _gram(p_k_t, p_kzy_t, p_beta_t, s_lo, s_hi, stride_ks, stride_ks, stride_bs, o_kr, DK,
-                               DK, BLOCK_S, BKR, BK, NROW == 1 and not FOLDED, NUM_STAGES, PRECISION, FOLDED)
+            b_Az, b_uz = _gram(p_k_t, p_k_t, p_beta_t, s_lo, s_hi, stride_ks, stride_ks, stride_bs, o_kr, DK,
+                               DK, BLOCK_S, BKR, BK, NROW == 1, NUM_STAGES, PRECISION)
             _put(p_Az + o_slot * BK * BK + o_kr[:, None] * BK + o_k[None, :], b_Az, SPLIT)
             m_uz = o_k < tl.where(i_r == 0, BK, 0)
             if SPLIT == 1:
@@ -476,11 +453,10 @@ def phase_a_rows(n_products: int, BK: int, BV: int, cfg: dict, n_sm: int) -> int
     return nrow
 
 
-def _launch_phase_a(k: Tensor, k_rot: Tensor, v: Tensor, beta: Tensor, with_z: bool, cfg: dict, n_sm: int,
-                    folded: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _launch_phase_a(k: Tensor, k_rot: Tensor, v: Tensor, beta: Tensor, with_z: bool, cfg: dict,
+                    n_sm: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Phase A over [B, H, T, S, D] inputs: the per-frame products (A, U, Az, uz buffers; Az / uz alias A
-    without the z stream). `folded` = (beta * k, beta * k_rot), laid out as k and k_rot, makes them the y
-    operands (beta itself is then not read): the same products without the per-step scaling in the kernel."""
+    without the z stream)."""
     B, H, T, S, DK = k.shape
     DV = v.shape[-1]
     BK, BV = _block(DK), _block(DV)
@@ -495,30 +471,14 @@ def _launch_phase_a(k: Tensor, k_rot: Tensor, v: Tensor, beta: Tensor, with_z: b
     buf_U = alloc_a((n_bht, BV, BK), k.device)
     buf_Az = alloc_a((n_bht, BK, BK), k.device) if with_z else buf_A
     buf_uz = alloc_a((n_bht, BK), k.device) if with_z else buf_A
-    if folded is not None:
-        k_beta, k_rot_beta = folded
-        if k_beta.stride() != k.stride() or k_rot_beta.stride() != k_rot.stride():
-            raise ValueError("gdn phase A: beta * k and beta * k_rot must have the layouts of k and k_rot")
-    kb, krb = folded if folded is not None else (k, k_rot)      # unused without folding
     _gdn_phase_a_kernel[(n_prod * nrow * split, n_bht)](
-        k, k_rot, v, beta, kb, krb, buf_A, buf_U, buf_Az, buf_uz,
+        k, k_rot, v, beta, buf_A, buf_U, buf_Az, buf_uz,
         *k.stride()[:4], *k_rot.stride()[:4], *v.stride()[:4], *beta.stride(),
         H, T, S, DK, DV,
         BLOCK_S=cfg["a_block_s_bf16" if prec_a == "bf16" else "a_block_s"], BK=BK, BV=BV, NROW=nrow, SPLIT=split,
-        HAS_Z=with_z, NUM_STAGES=cfg["a_stages"], PRECISION=prec_a, FOLDED=folded is not None,
-        num_warps=cfg["a_warps"],
+        HAS_Z=with_z, NUM_STAGES=cfg["a_stages"], PRECISION=prec_a, num_warps=cfg["a_warps"],
     )
     return buf_A, buf_U, buf_Az, buf_uz
-
-
-def _fold_beta(k: Tensor, k_rot: Tensor, beta: Tensor, with_z: bool) -> tuple[Tensor, Tensor]:
-    """(beta * k, beta * k_rot) in the inputs' dtype and layout, rounded as the kernel rounds its in-loop scaling
-    (fp32 product, one cast); beta * k only with the z stream (k itself stands in otherwise, never read)."""
-    b = beta.float()[..., None]
-    # One kernel per tensor: the product is computed in fp32 (type promotion) and cast on the way out.
-    k_rot_beta = torch.mul(k_rot, b, out=torch.empty_like(k_rot))
-    k_beta = torch.mul(k, b, out=torch.empty_like(k)) if with_z else k
-    return k_beta, k_rot_beta
 
 
 _RESET_CACHE: dict[tuple, Tensor] = {}
@@ -568,11 +528,7 @@ def _run(q, k, v, beta, g, q_rot, k_rot, *, do_fwd, do_bwd, initial_state, with_
     cfg = _config(device)
     n_sm = _device_info(device)[0]
     n_bht = B * H * T
-    folded = None
-    if FOLD_BETA:
-        k, k_rot = k.contiguous(), k_rot.contiguous()      # the folded copies share their layouts
-        folded = _fold_beta(k, k_rot, beta, with_z)
-    buf_A, buf_U, buf_Az, buf_uz = _launch_phase_a(k, k_rot, v, beta, with_z, cfg, n_sm, folded)
+    buf_A, buf_U, buf_Az, buf_uz = _launch_phase_a(k, k_rot, v, beta, with_z, cfg, n_sm)
 
     # Phase B.
     ndir = int(do_fwd) + int(do_bwd)

@@ -184,7 +184,7 @@ def default_resource_cases() -> list[tuple]:
             cases.append((f"phase_a z={has_z} nrow={nrow}", gt._gdn_phase_a_kernel,
                           {"BLOCK_S": cfg["a_block_s_bf16" if gt._PREC_PHASE_A_LOW == "bf16" else "a_block_s"],
                            "BK": 128, "BV": 128, "NROW": nrow, "SPLIT": 1, "HAS_Z": has_z,
-                           "NUM_STAGES": cfg["a_stages"], "PRECISION": gt._PREC_PHASE_A_LOW, "FOLDED": False},
+                           "NUM_STAGES": cfg["a_stages"], "PRECISION": gt._PREC_PHASE_A_LOW},
                           bf16_in, cfg["a_warps"], 3))
         cases.append((f"phase_b z={has_z}", gt._gdn_phase_b_kernel,
                       {"BK": 128, "BV": 128, "BLOCK_VB": cfg["b_block_v"], "HAS_Z": has_z, "DO_FWD": True,
@@ -198,16 +198,12 @@ def default_resource_cases() -> list[tuple]:
                            "HAS_Z": has_z, "NDIR": 2 if combine else 1, "COMBINE": combine, "OUT_UCPE": out_ucpe,
                            "PRECISION": gt._PREC_PHASE_C_LOW}, {"p_q": "*bf16", "p_qr": "*bf16"},
                           cfg["c_warps"], cfg["c_stages"]))
-    for nrow in (1, 2):      # beta folded into the y operands (bench/phase_a_floor.py)
-        cases.append((f"phase_a folded nrow={nrow}", gt._gdn_phase_a_kernel,
-                      {"BLOCK_S": cfg["a_block_s_bf16"], "BK": 128, "BV": 128, "NROW": nrow, "SPLIT": 1,
-                       "HAS_Z": True, "NUM_STAGES": cfg["a_stages"], "PRECISION": "bf16", "FOLDED": True},
-                      {**bf16_in, "p_kb": "*bf16", "p_krb": "*bf16"}, cfg["a_warps"], 3))
-    warps = pt._prep_warps(32 * 128)
-    token = {"BLOCK_H": 32, "BLOCK_D": 128, "RELU": True}
-    cases.append(("gdn_prep", pt._gdn_prep_kernel, token, bf16_in, warps, 3))
-    cases.append(("ucpe_qkv_prep", pt._ucpe_qkv_prep_kernel, token, bf16_in, warps, 3))
-    cases.append(("ucpe_prep", pt._ucpe_prep_kernel, {"BLOCK_H": 32, "BLOCK_D": 128, "MODE": 1}, {}, warps, 3))
+    heads = pt._heads_per_step(20)        # the model's 20 heads, as the launchers pick
+    token = {"BLOCK_H": heads, "BLOCK_D": 128, "BLOCK_C": pt._rms_block(2240), "RELU": True}
+    cases.append(("gdn_prep", pt._gdn_prep_kernel, token, bf16_in, pt._prep_warps(heads * 128), 3))
+    cases.append(("ucpe_qkv_prep", pt._ucpe_qkv_prep_kernel, token, bf16_in, pt._prep_warps(heads * 128), 3))
+    cases.append(("ucpe_prep", pt._ucpe_prep_kernel, {"BLOCK_H": 32, "BLOCK_D": 128, "MODE": 1}, {},
+                  pt._prep_warps(32 * 128), 3))
     return cases
 
 

@@ -1,22 +1,24 @@
 """Triton versions of `kernels.prep` (see there for the math and the references).
 
-* `_gdn_prep_kernel`: one program per token (b, t, s) holding all C = H * D channels of q and k as an
-  [H, D] tile: the full-channel RMS is one reduction over the tile, RoPE pairs come from splitting the
-  tile into its even / odd columns, and the four results are written straight into the head-major
-  [B, H, T, S, D] scan layout (one 4*D-byte row per head).
+* `_gdn_prep_kernel`: one program per token (b, t, s): a first pass over its C = H * D channels of q and k gives
+  the full-channel RMS, then the heads are taken PREP_HEADS at a time as [heads, D] tiles (normed, ReLU, key
+  scale; RoPE pairs from splitting the tile into its even / odd columns) and written straight into the
+  head-major [B, H, T, S, D] scan layout (one D-element row per head).
 * `_ucpe_prep_kernel`: one program per token holding all its heads as an [H, D] tile: the 4x4 matrix is
   built in registers from the token's P (transpose / rigid inverse / identity map by mode) and applied to the
   D/8 groups of 4, the last D/2 dims get the (inverse) camera RoPE; the result goes to the head-major
   [B, H, T, S, D] layout or, token-major, to [B, T, S, H, D] (the camera output's layout for out_proj_cam).
-* `_ucpe_qkv_prep_kernel`: the camera branch's whole prep per token: norms of q and k over all C channels,
-  UCPE of q, k, v on [H, D] tiles (the pose is per token, so one 4x4 serves all heads), and the per-head
-  key-norm inflation. The 4-groups are taken apart in registers by reshaping the tile to [H, D/4, 2, 2] and
+* `_ucpe_qkv_prep_kernel`: the camera branch's whole prep per token: norms of q and k over all C channels (a
+  first pass), then UCPE of q, k, v on [heads, D] tiles, PREP_HEADS heads at a time (the pose is per token, so
+  one 4x4 serves all heads), and the per-head key-norm inflation. The 4-groups are taken apart in registers by reshaping the tile to [H, D/4, 2, 2] and
   splitting twice, which gives the four components of every group (and both RoPE pairs of the last-half
   groups) as [H, D/4] tiles.
 
 Results are stored in the output tensor's dtype (fp32 by default, bf16 on request); the math is fp32.
 """
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -34,6 +36,14 @@ def _prep_warps(tile: int) -> int:
     return 16 if tile >= 4096 else (8 if tile >= 1024 else 4)
 
 
+def _heads_per_step(H: int) -> int:
+    return min(triton.next_power_of_2(H), triton.next_power_of_2(max(1, PREP_HEADS)))
+
+
+def _rms_block(C: int) -> int:
+    return min(1024, triton.next_power_of_2(C))
+
+
 def _empty(shape, device, dtype=torch.float32) -> Tensor:
     from kernels import gdn_triton  # NaN-fill switch shared with the scan kernels (tests)
 
@@ -47,6 +57,23 @@ def _token_coords(T, S):
     """This program's token (axis 0 of a one-program-per-token grid over [B, T, S]) and its (b, t, s)."""
     i_tok = tl.program_id(0)
     return i_tok, i_tok // (T * S), (i_tok // S) % T, i_tok % S
+
+
+# Heads per step of the per-token prep kernels: a program holds one token and walks its heads in groups of this
+# many ([HEADS, D] tiles, after a first pass for the token's RMS), instead of holding all 20 heads padded to 32 at
+# once (~100 registers x 16 warps: one program per SM, latency-bound). SANA_WM_PREP_HEADS overrides it (timing).
+PREP_HEADS = int(os.environ.get("SANA_WM_PREP_HEADS", "4"))
+
+
+@triton.jit
+def _inv_rms(p_x_t, C, eps, BLOCK_C: tl.constexpr):
+    """1 / sqrt(mean(x^2) + eps) over the C contiguous channels of one token, read in BLOCK_C-wide steps."""
+    o_c = tl.arange(0, BLOCK_C)
+    b_acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        b_x = tl.load(p_x_t + c0 + o_c, mask=c0 + o_c < C, other=0.0).to(tl.float32)
+        b_acc += b_x * b_x
+    return 1.0 / tl.sqrt(tl.sum(b_acc, axis=0) / C + eps)
 
 
 @triton.jit
@@ -64,42 +91,41 @@ def _gdn_prep_kernel(
     stride_qb, stride_qt, stride_qs, stride_kb, stride_kt, stride_ks,
     stride_ct, stride_cs, stride_st, stride_ss,
     T, S, H, D, C, key_scale, eps,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, RELU: tl.constexpr,
 ):
+    # One token per program, its heads BLOCK_H at a time (see PREP_HEADS).
     _, i_b, i_t, i_s = _token_coords(T, S)
     o_h = tl.arange(0, BLOCK_H)
     o_d = tl.arange(0, BLOCK_D)
     o_j = tl.arange(0, BLOCK_D // 2)
-    m_hd = (o_h[:, None] < H) & (o_d[None, :] < D)
-    o_c = o_h[:, None] * D + o_d[None, :]
-
-    b_q = tl.load(p_q + i_b * stride_qb + i_t * stride_qt + i_s * stride_qs + o_c, mask=m_hd,
-                  other=0.0).to(tl.float32)
-    b_k = tl.load(p_k + i_b * stride_kb + i_t * stride_kt + i_s * stride_ks + o_c, mask=m_hd,
-                  other=0.0).to(tl.float32)
-    b_wq = tl.load(p_wq + o_c, mask=m_hd, other=0.0).to(tl.float32)
-    b_wk = tl.load(p_wk + o_c, mask=m_hd, other=0.0).to(tl.float32)
-    b_rq = 1.0 / tl.sqrt(tl.sum(tl.sum(b_q * b_q, axis=1), axis=0) / C + eps)
-    b_rk = 1.0 / tl.sqrt(tl.sum(tl.sum(b_k * b_k, axis=1), axis=0) / C + eps)
-    b_q = b_q * b_rq * b_wq
-    b_k = b_k * b_rk * b_wk
-    if RELU:
-        b_q = tl.maximum(b_q, 0.0)
-        b_k = tl.maximum(b_k, 0.0)
-    b_k = b_k * key_scale
-
+    p_q_t = p_q + i_b * stride_qb + i_t * stride_qt + i_s * stride_qs
+    p_k_t = p_k + i_b * stride_kb + i_t * stride_kt + i_s * stride_ks
+    b_rq = _inv_rms(p_q_t, C, eps, BLOCK_C)
+    b_rk = _inv_rms(p_k_t, C, eps, BLOCK_C)
     m_j = o_j < D // 2
     b_cos = tl.load(p_cos + i_t * stride_ct + i_s * stride_cs + o_j, mask=m_j, other=1.0).to(tl.float32)
     b_sin = tl.load(p_sin + i_t * stride_st + i_s * stride_ss + o_j, mask=m_j, other=0.0).to(tl.float32)
-    b_qr = _rope_pairs(b_q, b_cos, b_sin, BLOCK_H, BLOCK_D)
-    b_kr = _rope_pairs(b_k, b_cos, b_sin, BLOCK_H, BLOCK_D)
 
-    # [B, H, T, S, D] contiguous outputs.
-    o_out = ((i_b * H + o_h[:, None]).to(tl.int64) * T + i_t) * S * D + i_s * D + o_d[None, :]
-    tl.store(p_qo + o_out, b_q.to(p_qo.dtype.element_ty), mask=m_hd)
-    tl.store(p_ko + o_out, b_k.to(p_ko.dtype.element_ty), mask=m_hd)
-    tl.store(p_qro + o_out, b_qr.to(p_qro.dtype.element_ty), mask=m_hd)
-    tl.store(p_kro + o_out, b_kr.to(p_kro.dtype.element_ty), mask=m_hd)
+    for h0 in range(0, H, BLOCK_H):
+        m_hd = (h0 + o_h < H)[:, None] & (o_d[None, :] < D)
+        o_c = (h0 + o_h)[:, None] * D + o_d[None, :]
+        b_q = tl.load(p_q_t + o_c, mask=m_hd, other=0.0).to(tl.float32)
+        b_k = tl.load(p_k_t + o_c, mask=m_hd, other=0.0).to(tl.float32)
+        b_q = b_q * b_rq * tl.load(p_wq + o_c, mask=m_hd, other=0.0).to(tl.float32)
+        b_k = b_k * b_rk * tl.load(p_wk + o_c, mask=m_hd, other=0.0).to(tl.float32)
+        if RELU:
+            b_q = tl.maximum(b_q, 0.0)
+            b_k = tl.maximum(b_k, 0.0)
+        b_k = b_k * key_scale
+        b_qr = _rope_pairs(b_q, b_cos, b_sin, BLOCK_H, BLOCK_D)
+        b_kr = _rope_pairs(b_k, b_cos, b_sin, BLOCK_H, BLOCK_D)
+
+        # [B, H, T, S, D] contiguous outputs.
+        o_out = ((i_b * H + h0 + o_h[:, None]).to(tl.int64) * T + i_t) * S * D + i_s * D + o_d[None, :]
+        tl.store(p_qo + o_out, b_q.to(p_qo.dtype.element_ty), mask=m_hd)
+        tl.store(p_ko + o_out, b_k.to(p_ko.dtype.element_ty), mask=m_hd)
+        tl.store(p_qro + o_out, b_qr.to(p_qro.dtype.element_ty), mask=m_hd)
+        tl.store(p_kro + o_out, b_kr.to(p_kro.dtype.element_ty), mask=m_hd)
 
 
 def gdn_prep_triton(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, rope_cos: Tensor,
@@ -116,13 +142,14 @@ def gdn_prep_triton(q: Tensor, k: Tensor, q_weight: Tensor, k_weight: Tensor, ro
     q_weight, k_weight = q_weight.contiguous(), k_weight.contiguous()
     outs = [_empty((B, H, T, S, D), q.device, out_dtype) for _ in range(4)]
     block_d = triton.next_power_of_2(D)
-    block_h = triton.next_power_of_2(H)
+    block_h = _heads_per_step(H)
     _gdn_prep_kernel[(B * T * S,)](
         q, k, q_weight, k_weight, rope_cos, rope_sin, *outs,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         rope_cos.stride(0), rope_cos.stride(1), rope_sin.stride(0), rope_sin.stride(1),
         T, S, H, D, C, float(key_scale), float(eps),
-        BLOCK_H=block_h, BLOCK_D=block_d, RELU=relu, num_warps=_prep_warps(block_h * block_d),
+        BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_C=_rms_block(C), RELU=relu,
+        num_warps=_prep_warps(block_h * block_d),
     )
     return tuple(outs)
 
@@ -248,29 +275,17 @@ def _ucpe_qkv_prep_kernel(
     stride_qb, stride_qt, stride_qs, stride_kb, stride_kt, stride_ks, stride_vb, stride_vt, stride_vs,
     stride_ct, stride_cs, stride_st, stride_ss,
     T, S, H, D, C, key_scale, eps,
-    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, RELU: tl.constexpr,
+    BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_C: tl.constexpr, RELU: tl.constexpr,
 ):
+    # One token per program, its heads BLOCK_H at a time (see PREP_HEADS).
     i_tok, i_b, i_t, i_s = _token_coords(T, S)
     o_h = tl.arange(0, BLOCK_H)
     o_d = tl.arange(0, BLOCK_D)
-    m_h = o_h < H
-    m_hd = m_h[:, None] & (o_d[None, :] < D)
-    o_c = o_h[:, None] * D + o_d[None, :]
-
-    b_q = tl.load(p_q + i_b * stride_qb + i_t * stride_qt + i_s * stride_qs + o_c, mask=m_hd,
-                  other=0.0).to(tl.float32)
-    b_k = tl.load(p_k + i_b * stride_kb + i_t * stride_kt + i_s * stride_ks + o_c, mask=m_hd,
-                  other=0.0).to(tl.float32)
-    b_v = tl.load(p_v + i_b * stride_vb + i_t * stride_vt + i_s * stride_vs + o_c, mask=m_hd,
-                  other=0.0).to(tl.float32)
-    b_rq = 1.0 / tl.sqrt(tl.sum(tl.sum(b_q * b_q, axis=1), axis=0) / C + eps)
-    b_rk = 1.0 / tl.sqrt(tl.sum(tl.sum(b_k * b_k, axis=1), axis=0) / C + eps)
-    b_q = b_q * b_rq * tl.load(p_wq + o_c, mask=m_hd, other=0.0).to(tl.float32)
-    b_k = b_k * b_rk * tl.load(p_wk + o_c, mask=m_hd, other=0.0).to(tl.float32)
-    if RELU:
-        b_q = tl.maximum(b_q, 0.0)
-        b_k = tl.maximum(b_k, 0.0)
-    b_k = b_k * key_scale
+    p_q_t = p_q + i_b * stride_qb + i_t * stride_qt + i_s * stride_qs
+    p_k_t = p_k + i_b * stride_kb + i_t * stride_kt + i_s * stride_ks
+    p_v_t = p_v + i_b * stride_vb + i_t * stride_vt + i_s * stride_vs
+    b_rq = _inv_rms(p_q_t, C, eps, BLOCK_C)
+    b_rk = _inv_rms(p_k_t, C, eps, BLOCK_C)
 
     # Pose of this token, row-major 4x4 scalars.
     p_P_t = p_P + i_tok.to(tl.int64) * 16
@@ -279,25 +294,38 @@ def _ucpe_qkv_prep_kernel(
     i03 = -(p00 * p03 + p10 * p13 + p20 * p23)
     i13 = -(p01 * p03 + p11 * p13 + p21 * p23)
     i23 = -(p02 * p03 + p12 * p13 + p22 * p23)
-
     G = D // 8
     b_ca, b_sa, b_cb, b_sb = _cam_rope_groups(p_cos + i_t * stride_ct + i_s * stride_cs,
                                               p_sin + i_t * stride_st + i_s * stride_ss, G, BLOCK_D, False)
 
-    b_qp = _ucpe_groups(b_q, p00, p10, p20, p30, p01, p11, p21, p31, p02, p12, p22, p32, p03, p13, p23, p33,
-                        b_ca, b_sa, b_cb, b_sb, G, BLOCK_H, BLOCK_D)
-    b_kp = _ucpe_groups(b_k, p00, p10, p20, i03, p01, p11, p21, i13, p02, p12, p22, i23, 0.0, 0.0, 0.0, 1.0,
-                        b_ca, b_sa, b_cb, b_sb, G, BLOCK_H, BLOCK_D)
-    b_vp = _ucpe_groups(b_v, p00, p10, p20, i03, p01, p11, p21, i13, p02, p12, p22, i23, 0.0, 0.0, 0.0, 1.0,
-                        b_ca, b_sa, b_cb, b_sb, G, BLOCK_H, BLOCK_D)
+    for h0 in range(0, H, BLOCK_H):
+        m_h = h0 + o_h < H
+        m_hd = m_h[:, None] & (o_d[None, :] < D)
+        o_c = (h0 + o_h)[:, None] * D + o_d[None, :]
+        b_q = tl.load(p_q_t + o_c, mask=m_hd, other=0.0).to(tl.float32)
+        b_k = tl.load(p_k_t + o_c, mask=m_hd, other=0.0).to(tl.float32)
+        b_v = tl.load(p_v_t + o_c, mask=m_hd, other=0.0).to(tl.float32)
+        b_q = b_q * b_rq * tl.load(p_wq + o_c, mask=m_hd, other=0.0).to(tl.float32)
+        b_k = b_k * b_rk * tl.load(p_wk + o_c, mask=m_hd, other=0.0).to(tl.float32)
+        if RELU:
+            b_q = tl.maximum(b_q, 0.0)
+            b_k = tl.maximum(b_k, 0.0)
+        b_k = b_k * key_scale
 
-    o_out = ((i_b * H + o_h[:, None]).to(tl.int64) * T + i_t) * S * D + i_s * D + o_d[None, :]
-    tl.store(p_qo + o_out, b_qp.to(p_qo.dtype.element_ty), mask=m_hd)
-    tl.store(p_ko + o_out, b_kp.to(p_ko.dtype.element_ty), mask=m_hd)
-    tl.store(p_vo + o_out, b_vp.to(p_vo.dtype.element_ty), mask=m_hd)
-    # |k'|^2 / max(|k|^2, 1e-12) per head (before any rounding of k' to out_dtype, like the reference).
-    b_ratio = tl.sum(b_kp * b_kp, axis=1) / tl.maximum(tl.sum(b_k * b_k, axis=1), 1e-12)
-    tl.store(p_ratio + ((i_b * H + o_h).to(tl.int64) * T + i_t) * S + i_s, b_ratio, mask=m_h)
+        b_qp = _ucpe_groups(b_q, p00, p10, p20, p30, p01, p11, p21, p31, p02, p12, p22, p32, p03, p13, p23, p33,
+                            b_ca, b_sa, b_cb, b_sb, G, BLOCK_H, BLOCK_D)
+        b_kp = _ucpe_groups(b_k, p00, p10, p20, i03, p01, p11, p21, i13, p02, p12, p22, i23, 0.0, 0.0, 0.0, 1.0,
+                            b_ca, b_sa, b_cb, b_sb, G, BLOCK_H, BLOCK_D)
+        b_vp = _ucpe_groups(b_v, p00, p10, p20, i03, p01, p11, p21, i13, p02, p12, p22, i23, 0.0, 0.0, 0.0, 1.0,
+                            b_ca, b_sa, b_cb, b_sb, G, BLOCK_H, BLOCK_D)
+
+        o_out = ((i_b * H + h0 + o_h[:, None]).to(tl.int64) * T + i_t) * S * D + i_s * D + o_d[None, :]
+        tl.store(p_qo + o_out, b_qp.to(p_qo.dtype.element_ty), mask=m_hd)
+        tl.store(p_ko + o_out, b_kp.to(p_ko.dtype.element_ty), mask=m_hd)
+        tl.store(p_vo + o_out, b_vp.to(p_vo.dtype.element_ty), mask=m_hd)
+        # |k'|^2 / max(|k|^2, 1e-12) per head (before any rounding of k' to out_dtype, like the reference).
+        b_ratio = tl.sum(b_kp * b_kp, axis=1) / tl.maximum(tl.sum(b_k * b_k, axis=1), 1e-12)
+        tl.store(p_ratio + ((i_b * H + h0 + o_h).to(tl.int64) * T + i_t) * S + i_s, b_ratio, mask=m_h)
 
 
 def ucpe_qkv_prep_triton(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: Tensor, P: Tensor,
@@ -313,13 +341,14 @@ def ucpe_qkv_prep_triton(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_we
     outs = [_empty((B, H, T, S, D), q.device, out_dtype) for _ in range(3)]
     ratio = _empty((B, H, T, S), q.device)
     block_d = triton.next_power_of_2(D)
-    block_h = triton.next_power_of_2(H)
+    block_h = _heads_per_step(H)
     _ucpe_qkv_prep_kernel[(B * T * S,)](
         q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, *outs, ratio,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2),
         cam_cos.stride(0), cam_cos.stride(1), cam_sin.stride(0), cam_sin.stride(1),
         T, S, H, D, C, float(key_scale), float(eps),
-        BLOCK_H=block_h, BLOCK_D=block_d, RELU=relu, num_warps=_prep_warps(block_h * block_d),
+        BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_C=_rms_block(C), RELU=relu,
+        num_warps=_prep_warps(block_h * block_d),
     )
     return (*outs, ratio.mean(-1))

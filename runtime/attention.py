@@ -173,13 +173,22 @@ class SoftmaxAttention(CameraAttention):
         qm, km, vm = (t.flatten(2, 3).to(dtype) for t in (q_rot, k_rot, _heads(v, self.num_heads)))
         qp, kp, vp, _ = self.camera_qkv(x, ctx, relu=False, key_scale=1.0, chunks_conv=False)
         qc, kc, vc = (t.flatten(2, 3).to(dtype) for t in (qp, kp, vp))
-        if cache is not None:
-            km_all, vm_all, kc_all, vc_all = cache.context(km, vm, kc, vc)
-        else:
-            km_all, vm_all, kc_all, vc_all = km, vm, kc, vc
         mask = ctx.softmax_mask
-        main = F.scaled_dot_product_attention(qm, km_all, vm_all, attn_mask=mask, scale=self.main_scale)
-        cam = F.scaled_dot_product_attention(qc, kc_all, vc_all, attn_mask=mask, scale=self.cam_scale)
+        if isinstance(cache, SoftmaxBlockCache) and mask is None and self.main_scale == self.cam_scale:
+            # Streaming: both branches in one attention call, a batch of two over views of the cache (H200, round
+            # 17: 0.909 ms instead of 0.978 ms for two calls: one launch of twice the query tiles fills the GPU's
+            # last wave better).
+            keys, values = cache.pair_context(km, vm, kc, vc)
+            both = F.scaled_dot_product_attention(torch.stack([qm, qc]).flatten(0, 1), keys.flatten(0, 1),
+                                                  values.flatten(0, 1), scale=self.main_scale)
+            main, cam = both.unflatten(0, (2, -1)).unbind(0)
+        else:
+            if cache is not None:
+                km_all, vm_all, kc_all, vc_all = cache.context(km, vm, kc, vc)
+            else:
+                km_all, vm_all, kc_all, vc_all = km, vm, kc, vc
+            main = F.scaled_dot_product_attention(qm, km_all, vm_all, attn_mask=mask, scale=self.main_scale)
+            cam = F.scaled_dot_product_attention(qc, kc_all, vc_all, attn_mask=mask, scale=self.cam_scale)
         if cache is not None and ctx.write_cache:
             cache.write(km, vm, kc, vc)   # after the attention: the context may be a view of the slots it overwrites
         # Written token-major by the kernel: the projection reads it without a transposing copy.

@@ -52,11 +52,16 @@ class GDNBlockCache:
                 "tconv": self.tconv}
 
 
+KV_STREAMS = ("main K", "camera K", "main V", "camera V")
+"""Order of the four K/V streams in a softmax block's cache buffers: both branches' keys adjacent (and values),
+so the two attentions can run as one batched call on views of the buffer."""
+
+
 @dataclass
 class SoftmaxBlockCache:
     """K/V of past chunks: a permanent sink (first chunk) and a ring of the most recent chunks."""
 
-    sink: Tensor | None  # [4, B, H, first*S, D]: main K, main V, camera K, camera V
+    sink: Tensor | None  # [4, B, H, first*S, D]: main K, camera K, main V, camera V (KV_STREAMS)
     ring: Tensor         # [slots, 4, B, H, slot_frames*S, D]
     tconv: Tensor        # [B, S, C]
     tokens_per_frame: int
@@ -77,22 +82,34 @@ class SoftmaxBlockCache:
             self.write_slot = self._slot_for_next_write()
 
     def context(self, km: Tensor, vm: Tensor, kc: Tensor, vc: Tensor) -> tuple[Tensor, ...]:
-        """Keys / values to attend: cached chunks and the current chunk's, per stream. Softmax attention
-        without a mask does not depend on the order of the keys, so the slots may come in any order."""
+        """Keys / values to attend: cached chunks and the current chunk's, per stream (km, vm, kc, vc). Softmax
+        attention without a mask does not depend on the order of the keys, so the slots may come in any order."""
+        main_k, cam_k, main_v, cam_v = self._all_streams(km, vm, kc, vc).unbind(0)
+        return main_k, main_v, cam_k, cam_v
+
+    def pair_context(self, km: Tensor, vm: Tensor, kc: Tensor, vc: Tensor) -> tuple[Tensor, Tensor]:
+        """The same context as (keys, values), each [2, B, H, tokens, D] with the main branch's first and the
+        camera branch's second: one attention call can take both branches as a batch (a view of the buffer in
+        steady state, where both branches' keys are adjacent)."""
+        streams = self._all_streams(km, vm, kc, vc)
+        return streams[0:2], streams[2:4]
+
+    def _all_streams(self, km: Tensor, vm: Tensor, kc: Tensor, vc: Tensor) -> Tensor:
+        """[4, B, H, tokens, D] in KV_STREAMS order: cached chunks and the current chunk's K/V."""
+        current = [km, kc, vm, vc]
         base = self._packed_tokens()
         if base is not None and base + km.shape[2] <= self.packed.shape[3]:
             # Steady state: write the current K/V behind the cached ones and attend one slice; no copy of the
             # cached tokens (the concatenation below copies all of them for every pass).
-            write_tokens(self.packed, base, [km, vm, kc, vc])
-            return tuple(self.packed[:, :, :, :base + km.shape[2]].unbind(0))
+            write_tokens(self.packed, base, current)
+            return self.packed[:, :, :, :base + km.shape[2]]
         parts = []
         if self.sink is not None and self.sink_tokens:
             parts.append(self.sink[:, :, :, : self.sink_tokens])
         for slot in sorted((i for i, n in enumerate(self.ring_tokens) if n), key=lambda i: self.ring_age[i]):
             parts.append(self.ring[slot][:, :, :, : self.ring_tokens[slot]])
-        current = torch.stack([km, vm, kc, vc])
-        allkv = torch.cat(parts + [current], dim=3) if parts else current
-        return tuple(allkv.unbind(0))
+        stacked = torch.stack(current)
+        return torch.cat(parts + [stacked], dim=3) if parts else stacked
 
     def _packed_tokens(self) -> int | None:
         """The cached token count when the sink and every ring slot are full (the packed layout is then one
@@ -131,9 +148,9 @@ class SoftmaxBlockCache:
         slot = self.write_slot
         if slot is not None and self.packed is not None:
             sink_cap = 0 if self.sink is None else self.sink.shape[3]
-            write_tokens(self.packed, 0 if slot == -1 else sink_cap + slot * self.ring.shape[4], [km, vm, kc, vc])
+            write_tokens(self.packed, 0 if slot == -1 else sink_cap + slot * self.ring.shape[4], [km, kc, vm, vc])
             return
-        current = torch.stack([km, vm, kc, vc])
+        current = torch.stack([km, kc, vm, vc])
         n = current.shape[3]
         if slot == -1:
             self.sink[:, :, :, :n].copy_(current)

@@ -9,7 +9,8 @@ State layout (`state_specs`), per block i:
     GDN block      b{i}.state [B,H,D,D] f32, b{i}.z [B,H,D] f32, b{i}.cam_state [B,H,D,D] f32,
                    b{i}.conv_k [B,K-1,S,C], b{i}.tconv [B,S,C]
     softmax block  b{i}.kv_sink [4,B,H,first*S,D] (with the sink), b{i}.kv_ring [slots,4,B,H,slot*S,D],
-                   b{i}.tconv [B,S,C]
+                   b{i}.tconv [B,S,C]; the 4 K/V streams in runtime.cache.KV_STREAMS order (main K, camera K,
+                   main V, camera V), as the torch cache holds them
 Graph input `state.<name>` is read; cache-graph output `new_state.<name>` is written and becomes the next chunk's
 `state.<name>` (a runner swaps two buffer sets: no copies). The softmax K/V context always has its full shape
 (sink + every ring slot); `kv_valid` [sink*S + slots*slot*S] masks the tokens not written yet and `kv_write`
@@ -189,13 +190,14 @@ class _KVState:
         self.sink, self.ring, self.tconv, self._write = sink, ring, tconv, write
 
     def context(self, km: Tensor, vm: Tensor, kc: Tensor, vc: Tensor) -> tuple[Tensor, ...]:
-        current = torch.stack([km, vm, kc, vc])
+        current = torch.stack([km, kc, vm, vc])          # runtime.cache.KV_STREAMS order, as the torch cache
         parts = [] if self.sink is None else [self.sink]
         parts += [] if self.ring is None else list(self.ring.unbind(0))
-        return tuple(torch.cat(parts + [current], dim=3).unbind(0))
+        main_k, cam_k, main_v, cam_v = torch.cat(parts + [current], dim=3).unbind(0)
+        return main_k, main_v, cam_k, cam_v
 
     def write(self, km: Tensor, vm: Tensor, kc: Tensor, vc: Tensor) -> None:
-        current = torch.stack([km, vm, kc, vc])
+        current = torch.stack([km, kc, vm, vc])
         selected = list(self._write.unbind(0))
         if self.sink is not None:
             self.sink = _put(self.sink, current, selected.pop(0))

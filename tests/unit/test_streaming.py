@@ -286,11 +286,17 @@ def test_full_softmax_cache_is_attended_in_place(tiny):
     cached = torch.cat([block.sink[:, :, :, :block.sink_tokens], block.ring[0]], dim=3).clone()
     B, H, D = cached.shape[1], cached.shape[2], cached.shape[4]
     current = [torch.randn(B, H, 3 * block.tokens_per_frame, D) for _ in range(4)]
-    context = block.context(*current)
+    context = block.context(*current)                  # (main K, main V, camera K, camera V)
     n = cached.shape[3]
-    for i, t in enumerate(context):
+    stored = [0, 2, 1, 3]                              # their places in the buffer (KV_STREAMS)
+    for t, i, new in zip(context, stored, current):
         assert t.data_ptr() == block.packed[i].data_ptr()
-        assert torch.equal(t[:, :, :n], cached[i]) and torch.equal(t[:, :, n:], current[i])
+        assert torch.equal(t[:, :, :n], cached[i]) and torch.equal(t[:, :, n:], new)
+    # Both branches' keys (values) as one [2, B, H, tokens, D] view: one attention call over a batch of two.
+    keys, values = block.pair_context(*current)
+    assert keys.data_ptr() == block.packed.data_ptr() and values.data_ptr() == block.packed[2].data_ptr()
+    assert keys.flatten(0, 1).data_ptr() == keys.data_ptr()     # a view, no copy
+    assert torch.equal(keys[1], context[2]) and torch.equal(values[0], context[1])
 
 
 def _full_softmax_cache(tiny) -> SoftmaxBlockCache:
