@@ -58,7 +58,8 @@ def _gdn_bidirectional_op(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tens
                           k_rot: Tensor | None, h0: Tensor | None, z0: Tensor | None, with_z: bool,
                           eps: float, output_final_state: bool, chunk_ends: list[int] | None,
                           ucpe_P: Tensor | None = None, ucpe_cos: Tensor | None = None,
-                          ucpe_sin: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                          ucpe_sin: Tensor | None = None, out_dtype: torch.dtype = torch.float32,
+                          token_major: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     from kernels.gdn_triton import gdn_bidirectional_triton
 
     init = None if h0 is None else (h0, z0)
@@ -69,18 +70,19 @@ def _gdn_bidirectional_op(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tens
     out_ucpe = None if ucpe_P is None else (ucpe_P, ucpe_cos, ucpe_sin)
     out, final = gdn_bidirectional_triton(q, k, v, beta, g, q_rot=q_rot, k_rot=k_rot, initial_state=init,
                                           with_z=with_z, eps=eps, output_final_state=output_final_state,
-                                          chunks=chunks, out_ucpe=out_ucpe)
+                                          chunks=chunks, out_ucpe=out_ucpe, out_dtype=out_dtype,
+                                          token_major=token_major)
     ht, zt = final if final is not None else (None, None)
     return out, _or_empty(ht, q), _or_empty(zt, q)
 
 
 @_gdn_bidirectional_op.register_fake
 def _(q, k, v, beta, g, q_rot, k_rot, h0, z0, with_z, eps, output_final_state, chunk_ends, ucpe_P=None,
-      ucpe_cos=None, ucpe_sin=None):
+      ucpe_cos=None, ucpe_sin=None, out_dtype=torch.float32, token_major=False):
     B, H, T, S, Dk = q.shape
     Dv = v.shape[-1]
     f32 = {"dtype": torch.float32}
-    return (q.new_empty(B, H, T, S, Dv, **f32),
+    return (q.new_empty((B, T, S, H, Dv) if token_major else (B, H, T, S, Dv), dtype=out_dtype),
             q.new_empty((B, H, Dv, Dk) if output_final_state else (0,), **f32),
             q.new_empty((B, H, Dk) if output_final_state and with_z else (0,), **f32))
 
@@ -114,12 +116,15 @@ def gdn_scan(q, k, v, beta, g, *, q_rot=None, k_rot=None, reverse=False, initial
 
 def gdn_bidirectional(q, k, v, beta, g, *, q_rot=None, k_rot=None, initial_state=None, with_z=True,
                       eps: float = 1e-8, output_final_state=False, chunks=None, out_ucpe=None,
+                      out_dtype: torch.dtype = torch.float32, token_major: bool = False,
                       impl: str = "auto") -> tuple[Tensor, tuple | None]:
     """Forward scan over all frames + backward scan inside each chunk, fused into one output.
 
     See `kernels.gdn_reference.gdn_bidirectional_reference` for shapes and semantics. `out_ucpe` =
     (P [B, T, S, 4, 4], cam_cos, cam_sin [T, S, Dv/4]) also applies `kernels.prep.ucpe_prep(out, P, cam_cos,
-    cam_sin, "out")` (the camera branch's inverse UCPE), fused into the Triton output epilogue.
+    cam_sin, "out")` (the camera branch's inverse UCPE), fused into the Triton output epilogue. The output comes
+    in `out_dtype` (math in fp32), as [B, T, S, H, Dv] with `token_major` (the layout the block's projections
+    read: no transposing copy after the scan) instead of [B, H, T, S, Dv].
     """
     if _use_triton(q, impl):
         if with_z and initial_state is not None and initial_state[1] is None:
@@ -130,7 +135,8 @@ def gdn_bidirectional(q, k, v, beta, g, *, q_rot=None, k_rot=None, initial_state
             raise ValueError(f"gdn: chunks must tile [0, T) in order without gaps; got {chunks}")
         P, cos, sin = (None, None, None) if out_ucpe is None else out_ucpe
         out, ht, zt = torch.ops.sana_wm.gdn_bidirectional(q, k, v, beta, g, q_rot, k_rot, h0, z0, with_z,
-                                                          float(eps), output_final_state, chunk_ends, P, cos, sin)
+                                                          float(eps), output_final_state, chunk_ends, P, cos, sin,
+                                                          out_dtype, token_major)
         final = (ht, zt if with_z else None) if output_final_state else None
         return out, final
     out, final = gdn_bidirectional_reference(q, k, v, beta, g, q_rot=q_rot, k_rot=k_rot,
@@ -140,4 +146,5 @@ def gdn_bidirectional(q, k, v, beta, g, *, q_rot=None, k_rot=None, initial_state
         from kernels.prep import ucpe_prep_reference
 
         out = ucpe_prep_reference(out, *out_ucpe, "out")
-    return out, final
+    out = out.to(out_dtype)
+    return (out.permute(0, 2, 3, 1, 4).contiguous() if token_major else out), final

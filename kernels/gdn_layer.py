@@ -35,16 +35,16 @@ def _heads(x: Tensor, num_heads: int) -> Tensor:
 
 
 def _main_branch(q, k, v, q_weight, k_weight, rope_cos, rope_sin, beta, g, h0, z0, *, num_heads, key_scale,
-                 eps, output_final_state, chunks, out_dtype, impl):
+                 eps, output_final_state, chunks, out_dtype, token_major, impl):
     qh, kh, q_rot, k_rot = gdn_prep(q, k, q_weight, k_weight, rope_cos, rope_sin, num_heads=num_heads,
                                     key_scale=key_scale, out_dtype=out_dtype, impl=impl)
     return gdn_bidirectional(qh, kh, _heads(v, num_heads), beta, g, q_rot=q_rot, k_rot=k_rot, with_z=True, eps=eps,
                              initial_state=None if h0 is None else (h0, z0), output_final_state=output_final_state,
-                             chunks=chunks, impl=impl)
+                             chunks=chunks, **_output_layout(out_dtype, token_major), impl=impl)
 
 
 def _camera_branch(qc, kc, vc, qc_weight, kc_weight, P, cam_cos, cam_sin, beta, g, hc0, *, num_heads, key_scale,
-                   output_final_state, chunks, out_dtype, impl):
+                   output_final_state, chunks, out_dtype, token_major, impl):
     qp, kp, vp, inflation = ucpe_qkv_prep(qc, kc, vc, qc_weight, kc_weight, P, cam_cos, cam_sin,
                                           num_heads=num_heads, key_scale=key_scale, out_dtype=out_dtype, impl=impl)
     # Dynamic beta discount: the UCPE transform inflates key norms; damp the write strength to match.
@@ -52,7 +52,12 @@ def _camera_branch(qc, kc, vc, qc_weight, kc_weight, P, cam_cos, cam_sin, beta, 
     return gdn_bidirectional(qp, kp, vp, beta_cam, g, with_z=False,
                              initial_state=None if hc0 is None else (hc0, None),
                              output_final_state=output_final_state, chunks=chunks, out_ucpe=(P, cam_cos, cam_sin),
-                             impl=impl)
+                             **_output_layout(out_dtype, token_major), impl=impl)
+
+
+def _output_layout(out_dtype: torch.dtype, token_major: bool) -> dict:
+    """The scans' output: fp32 [B, H, T, S, D], or token-major [B, T, S, H, D] in the prep dtype."""
+    return {"out_dtype": out_dtype if token_major else torch.float32, "token_major": token_major}
 
 
 def _side_stream(device: torch.device) -> torch.cuda.Stream:
@@ -86,14 +91,14 @@ def _gdn_layer_op(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: T
                   kc_weight: Tensor, P: Tensor, cam_cos: Tensor, cam_sin: Tensor, h0: Tensor | None,
                   z0: Tensor | None, hc0: Tensor | None, num_heads: int, key_scale: float, eps: float,
                   output_final_state: bool, chunk_ends: list[int] | None, out_dtype: torch.dtype,
-                  streams: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+                  streams: bool, token_major: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     from kernels.gdn_triton import _chunk_resets
 
     chunks = None if chunk_ends is None else tuple(zip([0] + list(chunk_ends[:-1]), chunk_ends))
     # Cache the backward scan's chunk table on the caller's stream before the fork (both branches read it).
     _chunk_resets(chunks, q.shape[1], q.device)
     common = {"num_heads": num_heads, "key_scale": key_scale, "output_final_state": output_final_state,
-              "chunks": chunks, "out_dtype": out_dtype, "impl": "triton"}
+              "chunks": chunks, "out_dtype": out_dtype, "token_major": token_major, "impl": "triton"}
     (main, final), (cam, cam_final) = _both(
         lambda: _main_branch(q, k, v, q_weight, k_weight, rope_cos, rope_sin, beta, g, h0, z0, eps=eps, **common),
         lambda: _camera_branch(qc, kc, vc, qc_weight, kc_weight, P, cam_cos, cam_sin, beta, g, hc0, **common),
@@ -106,14 +111,17 @@ def _gdn_layer_op(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: T
 
 @_gdn_layer_op.register_fake
 def _(q, k, v, q_weight, k_weight, rope_cos, rope_sin, beta, g, qc, kc, vc, qc_weight, kc_weight, P, cam_cos,
-      cam_sin, h0, z0, hc0, num_heads, key_scale, eps, output_final_state, chunk_ends, out_dtype, streams):
+      cam_sin, h0, z0, hc0, num_heads, key_scale, eps, output_final_state, chunk_ends, out_dtype, streams,
+      token_major=False):
     B, T, S, C = q.shape
     H, D = num_heads, C // num_heads
     f32 = {"dtype": torch.float32}
     state = (B, H, D, D) if output_final_state else (0,)
-    return (q.new_empty(B, H, T, S, D, **f32), q.new_empty(state, **f32),
+    out_shape = (B, T, S, H, D) if token_major else (B, H, T, S, D)
+    out = {"dtype": _output_layout(out_dtype, token_major)["out_dtype"]}
+    return (q.new_empty(out_shape, **out), q.new_empty(state, **f32),
             q.new_empty((B, H, D) if output_final_state else (0,), **f32),
-            q.new_empty(B, H, T, S, D, **f32), q.new_empty(state, **f32))
+            q.new_empty(out_shape, **out), q.new_empty(state, **f32))
 
 
 def gdn_layer(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: Tensor, rope_cos: Tensor,
@@ -121,7 +129,7 @@ def gdn_layer(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: Tenso
               kc_weight: Tensor, P: Tensor, cam_cos: Tensor, cam_sin: Tensor, *, num_heads: int, key_scale: float,
               eps: float = 1e-8, initial_state: tuple[Tensor, Tensor, Tensor] | None = None,
               output_final_state: bool = False, chunks: tuple[tuple[int, int], ...] | None = None,
-              out_dtype: torch.dtype = torch.float32, streams: bool | None = None,
+              out_dtype: torch.dtype = torch.float32, token_major: bool = False, streams: bool | None = None,
               impl: str = "auto") -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor] | None]:
     """Both scans of a GDN layer from its projections.
 
@@ -138,11 +146,13 @@ def gdn_layer(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: Tenso
         initial_state: (main state [B, H, D, D], main z [B, H, D], camera state [B, H, D, D]) or None.
         output_final_state: also return the three states after the last frame.
         chunks: (start, end) frame ranges of the backward scans (None: one chunk).
-        out_dtype: dtype of the prepped q / k / v the scans read (the outputs are fp32 either way).
+        out_dtype: dtype of the prepped q / k / v the scans read.
+        token_major: give both outputs as [B, T, S, H, D] in out_dtype (what the block's projections read, written
+            so by the scans' epilogue) instead of fp32 [B, H, T, S, D].
         streams: run the branches concurrently on CUDA (default: SANA_WM_GDN_STREAMS, on).
         impl: "auto" (Triton on CUDA), "triton" or "reference".
     Returns:
-        (main out [B, H, T, S, D] fp32, camera out after the inverse UCPE [B, H, T, S, D] fp32,
+        (main out, camera out after the inverse UCPE (both [B, H, T, S, D] fp32, or token-major),
          (main state, main z, camera state) or None).
     """
     streams = STREAMS if streams is None else streams
@@ -154,10 +164,10 @@ def gdn_layer(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: Tenso
         main, ht, zt, cam, hct = torch.ops.sana_wm.gdn_layer(
             q, k, v, q_weight, k_weight, rope_cos, rope_sin, beta, g, qc, kc, vc, qc_weight, kc_weight, P, cam_cos,
             cam_sin, h0, z0, hc0, num_heads, float(key_scale), float(eps), output_final_state, chunk_ends, out_dtype,
-            streams)
+            streams, token_major)
         return main, cam, ((ht, zt, hct) if output_final_state else None)
     common = {"num_heads": num_heads, "key_scale": key_scale, "output_final_state": output_final_state,
-              "chunks": chunks, "out_dtype": out_dtype, "impl": impl}
+              "chunks": chunks, "out_dtype": out_dtype, "token_major": token_major, "impl": impl}
     main, final = _main_branch(q, k, v, q_weight, k_weight, rope_cos, rope_sin, beta, g, h0, z0, eps=eps, **common)
     cam, cam_final = _camera_branch(qc, kc, vc, qc_weight, kc_weight, P, cam_cos, cam_sin, beta, g, hc0, **common)
     return main, cam, ((*final, cam_final[0]) if output_final_state else None)

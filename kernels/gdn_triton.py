@@ -106,10 +106,10 @@ def nan_filled_buffers():
         _NAN_FILL = prev
 
 
-def _alloc(shape, device) -> Tensor:
+def _alloc(shape, device, dtype: torch.dtype = torch.float32) -> Tensor:
     if _NAN_FILL:
-        return torch.full(shape, float("nan"), dtype=torch.float32, device=device)
-    return torch.empty(shape, dtype=torch.float32, device=device)
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
 
 
 @functools.cache
@@ -388,7 +388,10 @@ def _gdn_phase_c_kernel(
     H, T, S, DK, DV, eps,
     BLOCK_S: tl.constexpr, TILES: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, HAS_Z: tl.constexpr,
     NDIR: tl.constexpr, COMBINE: tl.constexpr, OUT_UCPE: tl.constexpr, PRECISION: tl.constexpr,
+    TOKEN_MAJOR: tl.constexpr,
 ):
+    # The output is [B, H, T, S, DV], or [B, T, S, H, DV] with TOKEN_MAJOR (the layout the block's projections
+    # read), in the output tensor's dtype.
     i_sb = tl.program_id(0)       # block of TILES * BLOCK_S tokens
     i_bht = tl.program_id(1)
     n_bht = tl.num_programs(1)
@@ -412,7 +415,12 @@ def _gdn_phase_c_kernel(
     b_Mt = tl.trans(b_M)
     p_qr_t = p_qr + i_b * stride_qrb + i_h * stride_qrh + i_t * stride_qrt
     p_q_t = p_q + i_b * stride_qb + i_h * stride_qh + i_t * stride_qt
-    p_out_t = p_out + i_bht.to(tl.int64) * S * DV
+    if TOKEN_MAJOR:
+        p_out_t = p_out + ((i_b * T + i_t) * S).to(tl.int64) * H * DV + i_h * DV
+        stride_os = H * DV
+    else:
+        p_out_t = p_out + i_bht.to(tl.int64) * S * DV
+        stride_os = DV
     for i_tile in tl.static_range(TILES):
         o_s = (i_sb * TILES + i_tile) * BLOCK_S + tl.arange(0, BLOCK_S)
         m_s = o_s < S
@@ -433,7 +441,8 @@ def _gdn_phase_c_kernel(
         if OUT_UCPE:
             b_num = _out_ucpe(b_num, p_P, p_cos, p_sin, i_b, i_t, o_s, m_s, T, S, DV,
                               stride_ct, stride_cs, stride_st, stride_ss, BLOCK_S, BV)
-        tl.store(p_out_t + o_s[:, None] * DV + o_v[None, :], b_num, mask=m_s[:, None] & m_v[None, :])
+        tl.store(p_out_t + o_s[:, None] * stride_os + o_v[None, :], b_num.to(p_out.dtype.element_ty),
+                 mask=m_s[:, None] & m_v[None, :])
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -514,7 +523,7 @@ def _chunk_resets(chunks, T: int, device: torch.device) -> Tensor | None:
 
 
 def _run(q, k, v, beta, g, q_rot, k_rot, *, do_fwd, do_bwd, initial_state, with_z, output_final_state,
-         combine, eps, resets, out_ucpe=None):
+         combine, eps, resets, out_ucpe=None, out_dtype=torch.float32, token_major=False):
     """Launch phases A, B, C. Returns (num_or_out, den or None, final_state or None)."""
     q_rot = q if q_rot is None else q_rot
     k_rot = k if k_rot is None else k_rot
@@ -567,7 +576,7 @@ def _run(q, k, v, beta, g, q_rot, k_rot, *, do_fwd, do_bwd, initial_state, with_
     )
 
     # Phase C.
-    out = _alloc((B, H, T, S, DV), device)
+    out = _alloc((B, T, S, H, DV) if token_major else (B, H, T, S, DV), device, out_dtype)
     den = _alloc((B, H, T, S), device) if with_z and not combine else None
     c_block_s, c_tiles = cfg["c_block_s"], cfg["c_tiles"]
     if out_ucpe is not None and c_block_s > 16:
@@ -587,8 +596,8 @@ def _run(q, k, v, beta, g, q_rot, k_rot, *, do_fwd, do_bwd, initial_state, with_
         *q.stride()[:4], *q_rot.stride()[:4], *c_strides,
         H, T, S, DK, DV, eps,
         BLOCK_S=c_block_s, TILES=c_tiles, BK=BK, BV=BV, HAS_Z=with_z, NDIR=ndir, COMBINE=combine,
-        OUT_UCPE=out_ucpe is not None, PRECISION=_dot_precision(q_rot, _PREC_PHASE_C_LOW), num_warps=cfg["c_warps"],
-        num_stages=cfg["c_stages"],
+        OUT_UCPE=out_ucpe is not None, PRECISION=_dot_precision(q_rot, _PREC_PHASE_C_LOW), TOKEN_MAJOR=token_major,
+        num_warps=cfg["c_warps"], num_stages=cfg["c_stages"],
     )
     final = (ht, zt) if output_final_state else None
     return out, den, final
@@ -626,7 +635,9 @@ def gdn_bidirectional_triton(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: T
                              initial_state: tuple[Tensor, Tensor | None] | None = None, with_z: bool = True,
                              eps: float = 1e-8, output_final_state: bool = False,
                              chunks: tuple[tuple[int, int], ...] | None = None,
-                             out_ucpe: tuple[Tensor, Tensor, Tensor] | None = None) -> tuple[Tensor, tuple | None]:
+                             out_ucpe: tuple[Tensor, Tensor, Tensor] | None = None,
+                             out_dtype: torch.dtype = torch.float32,
+                             token_major: bool = False) -> tuple[Tensor, tuple | None]:
     """Triton version of `kernels.gdn_reference.gdn_bidirectional_reference` (one fused call).
 
     Args: as `gdn_scan_triton`, plus
@@ -635,8 +646,10 @@ def gdn_bidirectional_triton(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: T
             None: one chunk.
         out_ucpe: (P [B, T, S, 4, 4], cam_cos, cam_sin [T, S, Dv/4]): apply `ucpe_prep(out, ..., "out")` in
             the output epilogue (the camera branch), saving a pass over the output.
+        out_dtype: dtype of out (the math stays fp32).
+        token_major: out as [B, T, S, H, Dv] instead of [B, H, T, S, Dv].
     Returns:
-        (out [B, H, T, S, Dv] fp32, (state [B, H, Dv, Dk], z [B, H, Dk] or None) or None).
+        (out [B, H, T, S, Dv] (or [B, T, S, H, Dv]), (state [B, H, Dv, Dk], z [B, H, Dk] or None) or None).
     """
     _check(q, k, v, beta, g, initial_state, False)
     resets = _chunk_resets(chunks, q.shape[2], q.device)
@@ -647,5 +660,6 @@ def gdn_bidirectional_triton(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: T
         _check_ucpe(q.new_empty((B, H, T, S, v.shape[-1]), device="meta"), *out_ucpe, "out")
     out, _, final = _run(q, k, v, beta, g, q_rot, k_rot, do_fwd=True, do_bwd=True,
                          initial_state=initial_state, with_z=with_z, output_final_state=output_final_state,
-                         combine=True, eps=eps, resets=resets, out_ucpe=out_ucpe)
+                         combine=True, eps=eps, resets=resets, out_ucpe=out_ucpe, out_dtype=out_dtype,
+                         token_major=token_major)
     return out, final

@@ -196,7 +196,8 @@ def default_resource_cases() -> list[tuple]:
                           {"BLOCK_S": cfg["c_block_s"] // (2 if half else 1),
                            "TILES": cfg["c_tiles"] * (2 if half else 1), "BK": 128, "BV": 128,
                            "HAS_Z": has_z, "NDIR": 2 if combine else 1, "COMBINE": combine, "OUT_UCPE": out_ucpe,
-                           "PRECISION": gt._PREC_PHASE_C_LOW}, {"p_q": "*bf16", "p_qr": "*bf16"},
+                           "PRECISION": gt._PREC_PHASE_C_LOW, "TOKEN_MAJOR": combine},
+                          {"p_q": "*bf16", "p_qr": "*bf16", "p_out": "*bf16" if combine else "*fp32"},
                           cfg["c_warps"], cfg["c_stages"]))
     heads = pt._heads_per_step(20)        # the model's 20 heads, as the launchers pick
     token = {"BLOCK_H": heads, "BLOCK_D": 128, "BLOCK_C": pt._rms_block(2240), "RELU": True}

@@ -147,13 +147,13 @@ class GDNAttention(CameraAttention):
             qc, kc, vc, self.q_norm_cam.weight, self.k_norm_cam.weight, ctx.rays, *ctx.cam_rope,
             num_heads=self.num_heads, key_scale=self.key_scale, eps=self.cfg.gdn_eps,
             initial_state=None if cache is None else (cache.state, cache.z, cache.cam_state),
-            output_final_state=write, chunks=ctx.chunks, out_dtype=x.dtype)
+            output_final_state=write, chunks=ctx.chunks, out_dtype=x.dtype, token_major=True)
         if write:
             cache.state.copy_(final[0])
             cache.z.copy_(final[1])
             cache.cam_state.copy_(final[2])
-        cam = self.out_proj_cam(_tokens(cam).to(x.dtype))
-        return self.combine(x, _tokens(main), cam)
+        # Both outputs come token-major in the model's dtype: the projections read them without a copy.
+        return self.combine(x, main.flatten(3), self.out_proj_cam(cam.flatten(3)))
 
 
 class SoftmaxAttention(CameraAttention):

@@ -262,6 +262,28 @@ def test_triton_bidirectional_fused_inverse_ucpe(D):
 
 
 @needs_triton
+@pytest.mark.parametrize("with_z", [True, False])
+def test_triton_bidirectional_token_major_bf16_output(with_z):
+    """token_major / out_dtype: phase C writes [B, T, S, H, Dv] in bf16 (the layout and dtype the block's
+    projections read), the same values as the fp32 head-major output; with the inverse UCPE epilogue too."""
+    B, H, T, S, D = 1, 3, 3, 21, 16
+    inp = gdn_inputs(B, H, T, S, D, device=DEVICE, initial_state=True, seed=28)
+    if not with_z:
+        del inp["q_rot"], inp["k_rot"]
+        inp["initial_state"] = (inp["initial_state"][0], None)
+    _, P, cc, cs = ucpe_inputs(B, H, T, S, D, device=DEVICE, seed=29)
+    extra = {} if with_z else {"out_ucpe": (P, cc, cs)}
+    head_major, _ = _triton_bidirectional(**inp, with_z=with_z, **extra)
+    out, _ = _triton_bidirectional(**inp, with_z=with_z, out_dtype=torch.bfloat16, token_major=True, **extra)
+    assert out.dtype == torch.bfloat16 and out.shape == (B, T, S, H, D)
+    assert_close("token-major bf16", out.float(), head_major.permute(0, 2, 3, 1, 4), tol=BF16_REL / 4)
+    ref, _ = gdn.gdn_bidirectional(**inp, with_z=with_z, out_dtype=torch.bfloat16, token_major=True, impl="reference",
+                                   **extra)
+    assert ref.dtype == torch.bfloat16 and ref.shape == out.shape
+    assert_close("reference", out.float(), ref.float(), tol=BF16_REL / 4)
+
+
+@needs_triton
 def test_triton_streaming_chunks_equal_one_pass():
     inp = gdn_inputs(1, 2, 7, 23, 16, device=DEVICE, initial_state=True, seed=23)
     full = _triton_scan(**inp, output_final_state=True)

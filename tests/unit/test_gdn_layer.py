@@ -17,7 +17,7 @@ from kernels import gdn_layer as layer_mod
 from kernels.gdn_reference import gdn_bidirectional_reference
 from kernels.gdn_triton_testing import random_rigid
 from kernels.prep import gdn_prep_reference, ucpe_prep_reference, ucpe_qkv_prep_reference
-from tests.tolerances import TF32_REL, rel_err
+from tests.tolerances import BF16_REL, TF32_REL, rel_err
 
 TOL = 1e-5 if DEVICE == "cpu" else TF32_REL
 
@@ -81,6 +81,19 @@ def test_fused_layer_equals_the_layer_by_hand(shape, chunks, init):
     # The reference path of the public function is the same composition.
     ref = layer_mod.gdn_layer(*args, **kw, output_final_state=True, chunks=chunks, impl="reference")
     assert_layer_close(ref, want, tol=1e-5)
+
+
+@needs_triton
+def test_token_major_outputs_in_the_prep_dtype():
+    """token_major: both outputs [B, T, S, H, D] in out_dtype (as the GDN blocks call it), same values."""
+    B, T, S, H, D = 1, 3, 11, 2, 16
+    args, kw = layer_inputs(B, T, S, H, D, seed=9)
+    want = layer_by_hand(*args, **kw, chunks=None)
+    main, cam, final = layer_mod.gdn_layer(*args, **kw, output_final_state=True, out_dtype=torch.bfloat16,
+                                           token_major=True, impl="triton")
+    assert main.shape == cam.shape == (B, T, S, H, D) and main.dtype == cam.dtype == torch.bfloat16
+    got = (main.float().permute(0, 3, 1, 2, 4), cam.float().permute(0, 3, 1, 2, 4), final)
+    assert_layer_close(got, want, tol=BF16_REL)
 
 
 @needs_triton
