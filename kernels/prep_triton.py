@@ -77,6 +77,20 @@ def _inv_rms(p_x_t, C, eps, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
+def _normed_qk(p_q_t, p_k_t, p_wq, p_wk, o_c, m_hd, b_rq, b_rk, key_scale, RELU: tl.constexpr):
+    """One head group's q and k tiles of a token (offsets o_c, mask m_hd): times their inverse RMS (`_inv_rms`)
+    and norm weights, ReLU'd if RELU, k times the key scale."""
+    b_q = tl.load(p_q_t + o_c, mask=m_hd, other=0.0).to(tl.float32)
+    b_k = tl.load(p_k_t + o_c, mask=m_hd, other=0.0).to(tl.float32)
+    b_q = b_q * b_rq * tl.load(p_wq + o_c, mask=m_hd, other=0.0).to(tl.float32)
+    b_k = b_k * b_rk * tl.load(p_wk + o_c, mask=m_hd, other=0.0).to(tl.float32)
+    if RELU:
+        b_q = tl.maximum(b_q, 0.0)
+        b_k = tl.maximum(b_k, 0.0)
+    return b_q, b_k * key_scale
+
+
+@triton.jit
 def _rope_pairs(b_x, b_cos, b_sin, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
     """Rotate the interleaved pairs (2j, 2j+1) of b_x [BLOCK_H, BLOCK_D] by cos/sin [BLOCK_D // 2]."""
     b_e, b_o = tl.split(tl.reshape(b_x, [BLOCK_H, BLOCK_D // 2, 2]))
@@ -109,14 +123,7 @@ def _gdn_prep_kernel(
     for h0 in range(0, H, BLOCK_H):
         m_hd = (h0 + o_h < H)[:, None] & (o_d[None, :] < D)
         o_c = (h0 + o_h)[:, None] * D + o_d[None, :]
-        b_q = tl.load(p_q_t + o_c, mask=m_hd, other=0.0).to(tl.float32)
-        b_k = tl.load(p_k_t + o_c, mask=m_hd, other=0.0).to(tl.float32)
-        b_q = b_q * b_rq * tl.load(p_wq + o_c, mask=m_hd, other=0.0).to(tl.float32)
-        b_k = b_k * b_rk * tl.load(p_wk + o_c, mask=m_hd, other=0.0).to(tl.float32)
-        if RELU:
-            b_q = tl.maximum(b_q, 0.0)
-            b_k = tl.maximum(b_k, 0.0)
-        b_k = b_k * key_scale
+        b_q, b_k = _normed_qk(p_q_t, p_k_t, p_wq, p_wk, o_c, m_hd, b_rq, b_rk, key_scale, RELU)
         b_qr = _rope_pairs(b_q, b_cos, b_sin, BLOCK_H, BLOCK_D)
         b_kr = _rope_pairs(b_k, b_cos, b_sin, BLOCK_H, BLOCK_D)
 
@@ -302,15 +309,8 @@ def _ucpe_qkv_prep_kernel(
         m_h = h0 + o_h < H
         m_hd = m_h[:, None] & (o_d[None, :] < D)
         o_c = (h0 + o_h)[:, None] * D + o_d[None, :]
-        b_q = tl.load(p_q_t + o_c, mask=m_hd, other=0.0).to(tl.float32)
-        b_k = tl.load(p_k_t + o_c, mask=m_hd, other=0.0).to(tl.float32)
         b_v = tl.load(p_v_t + o_c, mask=m_hd, other=0.0).to(tl.float32)
-        b_q = b_q * b_rq * tl.load(p_wq + o_c, mask=m_hd, other=0.0).to(tl.float32)
-        b_k = b_k * b_rk * tl.load(p_wk + o_c, mask=m_hd, other=0.0).to(tl.float32)
-        if RELU:
-            b_q = tl.maximum(b_q, 0.0)
-            b_k = tl.maximum(b_k, 0.0)
-        b_k = b_k * key_scale
+        b_q, b_k = _normed_qk(p_q_t, p_k_t, p_wq, p_wk, o_c, m_hd, b_rq, b_rk, key_scale, RELU)
 
         b_qp = _ucpe_groups(b_q, p00, p10, p20, p30, p01, p11, p21, p31, p02, p12, p22, p32, p03, p13, p23, p33,
                             b_ca, b_sa, b_cb, b_sb, G, BLOCK_H, BLOCK_D)
