@@ -21,15 +21,15 @@ from kernels.dispatch import use_triton
 from kernels.gdn import gdn_bidirectional
 from kernels.prep import gdn_prep, ucpe_qkv_prep
 
-__all__ = ["gdn_layer"]
+__all__ = ["gdn_layer", "split_heads"]
 
 STREAMS = os.environ.get("SANA_WM_GDN_STREAMS", "1") != "0"
 
 _SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
 
 
-def _heads(x: Tensor, num_heads: int) -> Tensor:
-    """[B, T, S, C] -> [B, H, T, S, D] (a view)."""
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """[B, T, S, C] -> [B, H, T, S, D] (a view): projections in the scan / attention layout."""
     B, T, S, C = x.shape
     return x.view(B, T, S, num_heads, C // num_heads).permute(0, 3, 1, 2, 4)
 
@@ -38,7 +38,7 @@ def _main_branch(q, k, v, q_weight, k_weight, rope_cos, rope_sin, beta, g, h0, z
                  eps, output_final_state, chunks, out_dtype, token_major, impl):
     qh, kh, q_rot, k_rot = gdn_prep(q, k, q_weight, k_weight, rope_cos, rope_sin, num_heads=num_heads,
                                     key_scale=key_scale, out_dtype=out_dtype, impl=impl)
-    return gdn_bidirectional(qh, kh, _heads(v, num_heads), beta, g, q_rot=q_rot, k_rot=k_rot, with_z=True, eps=eps,
+    return gdn_bidirectional(qh, kh, split_heads(v, num_heads), beta, g, q_rot=q_rot, k_rot=k_rot, with_z=True, eps=eps,
                              initial_state=None if h0 is None else (h0, z0), output_final_state=output_final_state,
                              chunks=chunks, **_output_layout(out_dtype, token_major), impl=impl)
 

@@ -10,9 +10,9 @@
   [B, H, T, S, D] layout or, token-major, to [B, T, S, H, D] (the camera output's layout for out_proj_cam).
 * `_ucpe_qkv_prep_kernel`: the camera branch's whole prep per token: norms of q and k over all C channels (a
   first pass), then UCPE of q, k, v on [heads, D] tiles, PREP_HEADS heads at a time (the pose is per token, so
-  one 4x4 serves all heads), and the per-head key-norm inflation. The 4-groups are taken apart in registers by reshaping the tile to [H, D/4, 2, 2] and
-  splitting twice, which gives the four components of every group (and both RoPE pairs of the last-half
-  groups) as [H, D/4] tiles.
+  one 4x4 serves all heads), and the per-head key-norm inflation. The 4-groups are taken apart in registers by
+  reshaping the tile to [heads, D/4, 2, 2] and splitting twice, which gives the four components of every group
+  (and both RoPE pairs of the last-half groups) as [heads, D/4] tiles.
 
 Results are stored in the output tensor's dtype (fp32 by default, bf16 on request); the math is fp32.
 """

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels.gdn_layer import gdn_layer
+from kernels.gdn_layer import gdn_layer, split_heads
 from kernels.prep import gdn_prep, ucpe_prep, ucpe_qkv_prep
 from runtime.cache import GDNBlockCache, SoftmaxBlockCache
 from runtime.config import ModelConfig
@@ -42,12 +42,6 @@ class FrameContext:
     """Bool [N, N] chunk-causal mask with sink and window for multi-chunk calls, else None."""
     write_cache: bool = False
     """This is the clean pass that writes the streaming caches."""
-
-
-def _heads(x: Tensor, num_heads: int) -> Tensor:
-    """[B, T, S, C] -> [B, H, T, S, D]."""
-    B, T, S, C = x.shape
-    return x.view(B, T, S, num_heads, C // num_heads).permute(0, 3, 1, 2, 4)
 
 
 def _tokens(x: Tensor) -> Tensor:
@@ -170,7 +164,7 @@ class SoftmaxAttention(CameraAttention):
         _, _, q_rot, k_rot = gdn_prep(q, k, self.q_norm.weight, self.k_norm.weight, *ctx.rope,
                                       num_heads=self.num_heads, key_scale=1.0, relu=False, out_dtype=x.dtype)
         dtype = x.dtype
-        qm, km, vm = (t.flatten(2, 3).to(dtype) for t in (q_rot, k_rot, _heads(v, self.num_heads)))
+        qm, km, vm = (t.flatten(2, 3).to(dtype) for t in (q_rot, k_rot, split_heads(v, self.num_heads)))
         qp, kp, vp, _ = self.camera_qkv(x, ctx, relu=False, key_scale=1.0, chunks_conv=False)
         qc, kc, vc = (t.flatten(2, 3).to(dtype) for t in (qp, kp, vp))
         mask = ctx.softmax_mask
