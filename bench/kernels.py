@@ -2,6 +2,7 @@
 
     python -m bench.kernels --json out.json        # CUDA: full-shape checks, then timings, one table, JSON
     python -m bench.kernels --tune --json out.json # first sweep the scan launch configs (for LAUNCH_CONFIGS)
+    python -m bench.kernels --tune layer --quick --only layer_2s16_graph   # the same, objective the whole layer
     python -m bench.kernels --quick                # streaming shapes only (no T=121)
 
 Shapes: B=1, H=20 heads, D=112, S=880 tokens per latent frame (22 x 40); streaming chunks of T=3 and 4 latent
@@ -488,21 +489,34 @@ SWEEP = {  # 4-warp variants of phases A and C spill registers at D = 128 (check
 }
 
 
-def tune(do_bench, quick: bool) -> dict:
+def tune(do_bench, quick: bool, objective: str = "scans") -> dict:
+    """Coordinate descent over SWEEP. objective "scans": the bf16 main and camera scans alone at T = 3 (+ T = 121
+    unless quick); "layer": the whole GDN layer as the model runs it (both branches on two streams, replayed from a
+    CUDA graph, T = 3 with state), where the two branches share the GPU and may want other launch shapes."""
     from kernels import gdn_triton
 
-    # bf16 inputs: what the model's GDN layers pass (fp32 inputs take the slower 3xTF32 path).
-    objective_cases = [_bidi_case(3, True, True, torch.bfloat16)[0], _bidi_case(3, True, False, torch.bfloat16)[0]]
-    if not quick:
-        objective_cases.append(_bidi_case(LONG_T, False, True, torch.bfloat16, chunk_causal_chunks(LONG_T))[0])
     key = gdn_triton.config_key(torch.device("cuda"))
     best = dict(gdn_triton.LAUNCH_CONFIGS[key])
+    if objective == "layer":
+        sweep = {k: v for k, v in SWEEP.items() if k != "a_split_s"}
+
+        def objective_cases():   # a fresh graph per candidate: the captured kernels carry the launch config
+            return [_layer_case(3, True, True, torch.bfloat16, True)[0]]
+    else:
+        sweep = SWEEP
+        # bf16 inputs: what the model's GDN layers pass (fp32 inputs take the slower 3xTF32 path).
+        fixed = [_bidi_case(3, True, True, torch.bfloat16)[0], _bidi_case(3, True, False, torch.bfloat16)[0]]
+        if not quick:
+            fixed.append(_bidi_case(LONG_T, False, True, torch.bfloat16, chunk_causal_chunks(LONG_T))[0])
+
+        def objective_cases():
+            return fixed
 
     def score(cfg):
         gdn_triton.LAUNCH_CONFIGS[key] = cfg
         try:
             return sum(do_bench(lambda r=r: r("triton"), warmup=10, rep=40, return_mode="median")
-                       for r in objective_cases)
+                       for r in objective_cases())
         except Exception as exc:  # noqa: BLE001 - a config that does not compile / fit is skipped
             print(f"  tune {cfg}: failed ({type(exc).__name__}: {str(exc)[:80]})")
             return float("inf")
@@ -510,7 +524,7 @@ def tune(do_bench, quick: bool) -> dict:
     score(best)                 # warm-up: the first timing also pays compilation / autotuning (round 12: 2x)
     best_ms = score(best)
     print(f"  tune start {best} -> {best_ms:.4f} ms")
-    for phase, options in SWEEP.items():
+    for phase, options in sweep.items():
         for opt in options:
             cand = {**best, **opt}
             ms = score(cand)
@@ -519,7 +533,7 @@ def tune(do_bench, quick: bool) -> dict:
                 print(f"  tune [{phase}] {opt} -> {ms:.4f} ms (best)")
     gdn_triton.LAUNCH_CONFIGS[key] = best
     print(f"  tuned config for LAUNCH_CONFIGS[{key!r}] ({best_ms:.4f} ms): {best}")
-    return {"key": key, "config": best, "objective_ms": best_ms}
+    return {"key": key, "objective": objective, "config": best, "objective_ms": best_ms}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -527,7 +541,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the results here as JSON")
     parser.add_argument("--quick", action="store_true", help="streaming shapes only (skip T=121)")
-    parser.add_argument("--tune", action="store_true", help="sweep the scan launch configs first, time with the best")
+    parser.add_argument("--tune", nargs="?", const="scans", choices=["scans", "layer"],
+                        help="sweep the scan launch configs first (objective: the scans alone, default, or the "
+                             "whole two-stream GDN layer), then time with the best")
     parser.add_argument("--only", default="", help="comma-separated ops to run (default: all)")
     args = parser.parse_args(argv)
 
@@ -553,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
               "gpu": gpu, "compute_capability": list(cap), "torch": torch.__version__,
               "triton": triton.__version__, **ceilings}
     if args.tune:
-        record["tune"] = tune(do_bench, args.quick)
+        record["tune"] = tune(do_bench, args.quick, args.tune)
 
     from kernels import gdn_triton
 

@@ -4,7 +4,8 @@
 
 The tiny-world model is loaded in bf16, walks a fixed key path from the shipped start image, then the same model
 is quantized with the project's policy (`quant.quantize`, official scope, then the compact scope that also takes
-the camera / Plucker projections and the FFN temporal conv) and walks the same path with the same seed. Reported
+the camera / Plucker projections and the FFN temporal conv) and walks the same path with the same seed; FP8 also
+with static activation scales (max calibration on another walk, `fp8_static`). Reported
 per format and scope: mean / min frame PSNR against the bf16 frames, and how many layers were quantized.
 The fp32 model is reported too, as the scale of "differences that do not matter".
 """
@@ -24,6 +25,7 @@ from runtime.bench import git_commit
 from runtime.evaluate import psnr
 
 WALK = "w-16,wa-16,d-16,wl-16,none-8"
+CALIBRATION_WALK = "s-16,dj-16,a-16,wk-16,none-8"
 
 
 def walk_frames(gen, actions: str, chunks: int, seed: int) -> np.ndarray:
@@ -62,6 +64,14 @@ def run(chunks: int = 3, seed: int = 0) -> dict:
         frames = walk_frames(replace(base, model=net), WALK, chunks, seed)
         key = fmt if scope == "official" else f"{fmt}_{scope}"
         results[key] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(net))}
+    # FP8 with static per-tensor activation scales (`sana-wm bench --act-scales static`), max-calibrated on a
+    # different walk and seed than the one measured.
+    from quant.calibrate import calibrate_fp8_inputs
+
+    net = quantize(copy.deepcopy(base.model), default_policy("fp8", "official"))
+    calibrate_fp8_inputs(net, lambda: walk_frames(replace(base, model=net), CALIBRATION_WALK, chunks, seed + 1))
+    frames = walk_frames(replace(base, model=net), WALK, chunks, seed)
+    results["fp8_static"] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(net))}
     return {"bench": "quant_quality", "date": datetime.date.today().isoformat(), "commit": git_commit(),
             "device": platform.processor() or platform.machine(), "torch": torch.__version__, "model": "tiny-world",
             "walk": WALK, "chunks": chunks, "frames": len(ref), "reference": "bf16", "results": results}

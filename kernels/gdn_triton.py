@@ -44,14 +44,19 @@ __all__ = ["LAUNCH_CONFIGS", "config_key", "gdn_bidirectional_triton", "gdn_scan
 
 # Launch configurations, chosen once per GPU family (no autotuning in the streaming loop). Keys are matched
 # as substrings of torch.cuda.get_device_name(); "default" covers everything else (and the interpreter).
+# "default" was swept on the H200 (round 20b, `bench.kernels --tune layer`) with the whole GDN layer as the
+# objective: both branches on two streams, replayed from a CUDA graph, T = 3 with state, as the model runs it.
+# 0.2481 -> 0.1884 ms; the largest steps were one phase-A program per SM instead of two (the other branch fills
+# the rest of the GPU) and one 128-token tile per phase-C program. (The earlier sweep timed each branch's scan
+# alone; its config made the lone main scan faster, 0.177 vs 0.207 ms, and the layer slower.)
 LAUNCH_CONFIGS: dict[str, dict[str, int]] = {
     "default": {
-        "a_block_s": 32, "a_warps": 8, "a_stages": 2,      # phase A: tokens per step, warps, pipeline stages
+        "a_block_s": 16, "a_warps": 4, "a_stages": 3,      # phase A: tokens per step, warps, pipeline stages
         "a_block_s_bf16": 64,                              # phase A tokens per step with bf16 Gram products
-        "b_block_v": 32, "b_warps": 8, "b_stages": 2,      # phase B: state rows per program, warps, stages
-        "c_block_s": 64, "c_tiles": 2, "c_warps": 8, "c_stages": 1,  # phase C: tokens per tile, tiles per
-                                                                      # program, warps, stages
-        "target_programs_per_sm": 2,                       # phase A splits output rows until the grid
+        "b_block_v": 32, "b_warps": 4, "b_stages": 2,      # phase B: state rows per program, warps, stages
+        "c_block_s": 128, "c_tiles": 1, "c_warps": 8, "c_stages": 1,  # phase C: tokens per tile, tiles per
+                                                                       # program, warps, stages
+        "target_programs_per_sm": 1,                       # phase A splits output rows until the grid
                                                            # reaches this many programs per SM
         "a_split_s": 1,                                    # phase A token blocks per product (atomic adds
                                                            # when > 1; no faster in round 12)

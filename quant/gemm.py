@@ -465,12 +465,20 @@ def fp8_linear_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: to
                          bias: torch.Tensor | None = None,
                          input_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Per-tensor FP8 x FP8 GEMM through torch._scaled_mm (fp32 accumulation), activations quantized on the fly.
-    Needs K and N multiples of 16 and x in bf16 / fp16. Same arguments as fp8_linear_ref without block_size."""
+    Needs K a multiple of 16 and x in bf16 / fp16. Same arguments as fp8_linear_ref without block_size.
+
+    An N that is not a multiple of 16 (the GDN blocks' beta / gate projections: N = 20 heads) is padded with zero
+    weight rows for the GEMM and sliced off after; the other outputs are unchanged by the padding. (These layers
+    used to fall back to the fp32 reference: an fp32 copy of the activations and an fp32 GEMM per call.)"""
     n, k = weight.shape
-    if k % 16 or n % 16:
-        raise ValueError(f"torch._scaled_mm needs K and N divisible by 16, got K={k}, N={n}")
+    if k % 16:
+        raise ValueError(f"torch._scaled_mm needs K divisible by 16, got K={k}")
     if x.dtype not in (torch.bfloat16, torch.float16):
         raise TypeError(f"fp8_linear_scaled_mm: x must be bf16 or fp16, got {x.dtype}")
+    n_pad = -n % 16
+    if n_pad:
+        weight = F.pad(weight.view(torch.uint8), (0, 0, 0, n_pad)).view(weight.dtype)   # pad has no fp8 kernel
+        bias = None if bias is None else F.pad(bias, (0, n_pad))
     x2 = x.reshape(-1, k)
     w_scale = weight_scale.float().reshape(())
     if input_scale is not None:
@@ -483,10 +491,10 @@ def fp8_linear_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: to
             xq, sx = quantize_fp8_per_row(x2) if FP8_ACT_QUANT == "inductor" else _fp8_quantize_rows_op(x2)
         else:
             xq, sx = fp8_quantize_rows_triton(x2)
-        w_scale = w_scale.expand(1, n).contiguous()
+        w_scale = w_scale.expand(1, n + n_pad).contiguous()
     y = torch._scaled_mm(xq, weight.t(), sx, w_scale, bias=None if bias is None else bias.to(x.dtype),
                          out_dtype=x.dtype, use_fast_accum=FP8_FAST_ACCUM)
-    return y.view(*x.shape[:-1], n)
+    return y[:, :n].reshape(*x.shape[:-1], n)   # a view (padded or not)
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
@@ -497,13 +505,13 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     backend: "auto" (per-tensor on CUDA cc >= 8.9 with K, N % 16 == 0: scaled_mm; per-block on CUDA: dequant;
     otherwise torch), "torch", "scaled_mm", "dequant" (dequantize W to x.dtype + F.linear, activations kept).
     """
-    n, k = weight.shape
+    k = weight.shape[1]
     if backend == "auto":
         backend = "torch"
         if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
             if block_size is not None:
                 backend = "dequant"
-            elif _capability(x.device) >= (8, 9) and k % 16 == 0 and n % 16 == 0:
+            elif _capability(x.device) >= (8, 9) and k % 16 == 0:
                 backend = "scaled_mm"
     if backend == "scaled_mm":
         if block_size is not None:

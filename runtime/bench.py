@@ -74,11 +74,16 @@ def git_commit() -> str:
 
 def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chunks: int = 10, warmup: int = 3,
               decode: bool = True, device: str = "cuda", seed: int = 0, cuda_graphs: bool = True,
-              compile: bool = False, profile: str | None = None, scope: str = "official") -> dict:
+              compile: bool = False, profile: str | None = None, scope: str = "official",
+              act_scales: str = "dynamic", calib_chunks: int = 2) -> dict:
     from runtime.model import build_model
     from runtime.pipeline import latent_intrinsics
     from runtime.session import WorldSession
 
+    if act_scales not in ("dynamic", "static"):
+        raise ValueError(f"act_scales must be 'dynamic' or 'static', got {act_scales!r}")
+    if act_scales == "static" and precision != "fp8":
+        raise ValueError("static activation scales are an fp8 option (nvfp4 here is weight-only, bf16 has none)")
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -90,10 +95,6 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
         from quant import default_policy, quantize
 
         quantize(net, default_policy(precision, scope))
-    if compile:
-        from runtime.model import compile_blocks
-
-        compile_blocks(net)
     cfg = net.cfg
     ae = None
     if decode:
@@ -117,6 +118,23 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
     def step(session):
         raw = session.next_raw_frames()
         return session.step(poses[raw.start:raw.stop])
+
+    if act_scales == "static":
+        # ModelOpt's FP8 recipe: one input scale per layer from max calibration, here on a short eager walk (the
+        # weights are random, so are the scales; the speed is what is measured).
+        from quant.calibrate import calibrate_fp8_inputs
+
+        def calibration_walk():
+            s = new_session(graphs=False)
+            for _ in range(calib_chunks):
+                step(s)
+            s.close()
+
+        calibrate_fp8_inputs(net, calibration_walk)
+    if compile:
+        from runtime.model import compile_blocks
+
+        compile_blocks(net)
 
     # Warm-up session (allocator, cuDNN / cuBLAS heuristics, Triton compilation), then a fresh one timed.
     s = new_session()
@@ -152,6 +170,9 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
     p50_gen, p50_total = statistics.median(gen_ms), statistics.median(total_ms)
     result = {
         "model": model, "precision": precision, "quant_scope": scope if precision != "bf16" else None,
+        "fp8_activation_scales": None if precision != "fp8" else (
+            "dynamic per token" if act_scales == "dynamic"
+            else f"static per tensor (max calibration, {calib_chunks} chunks)"),
         "device": torch.cuda.get_device_name(dev) if cuda else
         platform.processor() or "cpu", "chunks_timed": len(gen_ms), "warmup_chunks": warmup,
         "build_s": round(build_s, 2), "time_to_first_frame_s": round(ttff, 4),
@@ -228,6 +249,8 @@ def _sync(dev):
 
 def format_table(r: dict) -> str:
     scope = f" ({r['quant_scope']} scope)" if r.get("quant_scope") else ""
+    if r.get("fp8_activation_scales"):
+        scope += f", activations {r['fp8_activation_scales']}"
     rows = [("GPU / device", r["device"]), ("model / precision", f"{r['model']} / {r['precision']}{scope}"),
             ("time to first frame", f"{r['time_to_first_frame_s']:.3f} s"),
             ("generator ms/chunk p50 / p95", f"{r['generator_ms_per_chunk_p50']} / {r['generator_ms_per_chunk_p95']}"),

@@ -25,7 +25,7 @@ class SanaWMBlock(nn.Module):
         self.mlp = GLUMBConvTemp(C, cfg.mlp_hidden, cfg.t_kernel_size)
 
     def forward(self, x: Tensor, t0: Tensor, plucker_term: Tensor, text_kv: tuple[Tensor, Tensor],
-                text_bias: Tensor, ctx: FrameContext, cache=None) -> Tensor:
+                text_bias: Tensor | None, ctx: FrameContext, cache=None) -> Tensor:
         """x [B, T, S, C]; t0 [B, T, 6, C] per-frame modulation; plucker_term [B, T, S, C]: this block's
         `plucker_proj` of the embedded ray maps (SanaWorldModel.plucker_terms, once per chunk)."""
         B, T, S, C = x.shape

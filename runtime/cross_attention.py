@@ -26,12 +26,14 @@ class MultiHeadCrossAttention(nn.Module):
         return (k.view(B, L, self.num_heads, -1).transpose(1, 2),
                 v.view(B, L, self.num_heads, -1).transpose(1, 2))
 
-    def forward(self, x: Tensor, y: Tensor | None, mask_bias: Tensor, kv: tuple[Tensor, Tensor] | None = None):
-        """x [B, N, C]; y [B, L, C] (or precomputed `kv`); mask_bias [B, 1, 1, L] additive (-10000 on padding)."""
+    def forward(self, x: Tensor, y: Tensor | None, mask_bias: Tensor | None, kv: tuple[Tensor, Tensor] | None = None):
+        """x [B, N, C]; y [B, L, C] (or precomputed `kv`); mask_bias [B, 1, 1, L] additive (-10000 on padding),
+        or None when every key is valid."""
         B, N, C = x.shape
         k, v = kv if kv is not None else self.text_kv(y)
         q = self.q_norm(self.q_linear(x)).view(B, N, self.num_heads, -1).transpose(1, 2)
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask_bias.to(q.dtype))
+        bias = None if mask_bias is None else mask_bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=bias)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 

@@ -47,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from kernels.dispatch import reference_kernels
+from quant.calibrate import calibrate_fp8_inputs
 from runtime.attention import FrameContext
 from runtime.cache import GDNBlockCache
 from runtime.config import ModelConfig
@@ -628,53 +629,6 @@ def export_graphs(model: nn.Module, out_dir: str | Path, batch: int = 1, log=Non
         denoise = _finish(proto, ChunkStep(model, T, False, batch), out_dir / f"denoise_t{T}.onnx")
         records += [denoise, cache]
     return records
-
-
-# ------------------------------------------------------------------------------------------------------------
-# FP8 calibration (static activation scales, as TensorRT's explicit quantization wants)
-# ------------------------------------------------------------------------------------------------------------
-def _fp8_layers(model: nn.Module) -> dict:
-    from quant.linear import FP8Linear
-
-    return {n: m for n, m in model.named_modules() if isinstance(m, FP8Linear) and m.block_size is None}
-
-
-@torch.no_grad()
-def calibrate_fp8_inputs(model: nn.Module, run) -> dict[str, float]:
-    """Record each per-tensor FP8 layer's input amax over `run()` (a few streaming chunks), then give every such
-    layer the static scale amax / 448 (its `input_scale`: the torch model then quantizes activations exactly as
-    the exported graph does). Returns {layer: scale}."""
-    from quant.fp8 import E4M3_MAX
-
-    layers = _fp8_layers(model)
-    amax = dict.fromkeys(layers, 0.0)
-    hooks = []
-    for name, mod in layers.items():
-        def hook(_m, args, name=name):
-            amax[name] = max(amax[name], float(args[0].detach().abs().amax()))
-        hooks.append(mod.register_forward_pre_hook(hook))
-    try:
-        run()
-    finally:
-        for h in hooks:
-            h.remove()
-    scales = {n: a / E4M3_MAX if a > 0 else 1.0 for n, a in amax.items()}
-    set_fp8_input_scales(model, scales)
-    return scales
-
-
-@torch.no_grad()
-def set_fp8_input_scales(model: nn.Module, scales: dict[str, float]) -> None:
-    """Static activation scales for the named per-tensor FP8 layers."""
-    layers = _fp8_layers(model)
-    for name, scale in scales.items():
-        mod = layers[name]
-        if "input_scale" in mod._buffers:
-            mod.input_scale.fill_(scale)
-        else:
-            del mod.input_scale      # a plain None attribute until now
-            mod.register_buffer("input_scale", torch.tensor(scale, dtype=torch.float32,
-                                                            device=mod.weight_scale.device))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -54,6 +54,11 @@ class GLUMBConvTemp(nn.Module):
 
     def temporal_mix(self, y: Tensor, chunks, left_frame, cache_out) -> Tensor:
         B, T, S, C = y.shape
+        if isinstance(self.t_conv, nn.Conv2d) and is_tap_major(self.t_conv):
+            out = _temporal_mix_by_taps(y, self.t_conv.weight, chunks, left_frame)
+            if cache_out is not None:   # after the GEMMs: the cache may hand the same buffer as left_frame
+                cache_out.copy_(y[:, -1])
+            return out
         zero = y.new_zeros(B, 1, S, C)
         prev = torch.cat([zero if left_frame is None else left_frame[:, None].to(y.dtype), y[:, :-1]], dim=1)
         nxt = torch.cat([y[:, 1:], zero], dim=1)
@@ -70,6 +75,36 @@ class GLUMBConvTemp(nn.Module):
         else:   # quantized (quant.linear, compact scope): its own GEMM (FP8 x FP8 for fp8), seen by forward hooks
             out = self.t_conv(taps)
         return out.view(B, T, S, C)
+
+
+def store_tap_major_(conv: nn.Conv2d) -> None:
+    """Re-store a (3, 1) temporal conv's weight tap by tap: the same [C_out, C_in, 3, 1] parameter (state dict, loading
+    and `.to()` see no difference), laid out in memory as [3, C_out, C_in], so each tap's [C_out, C_in] matrix is
+    contiguous and `temporal_mix` runs one GEMM per tap on shifted frames instead of stacking the three shifted
+    copies of its input first (the stacking pass wrote a [tokens, 3 C] tensor: ~44 us per call at the full model's
+    chunk shape, 100 calls per chunk; H200 profile, round 20b). `compile_blocks` applies it (the fast path)."""
+    w = conv.weight
+    conv.weight = nn.Parameter(w.detach().permute(2, 0, 1, 3).contiguous().permute(1, 2, 0, 3),
+                               requires_grad=w.requires_grad)
+
+
+def is_tap_major(conv: nn.Conv2d) -> bool:
+    w = conv.weight
+    return w.dim() == 4 and w.shape[2] == 3 and w[:, :, 0, 0].is_contiguous()
+
+
+def _temporal_mix_by_taps(y: Tensor, weight: Tensor, chunks, left_frame: Tensor | None) -> Tensor:
+    """temporal_mix with a tap-major weight: out[t] = W0 y[t-1] + W1 y[t] + W2 y[t+1], one GEMM per tap over
+    the frames that have that neighbour (y[-1] = left_frame or zeros, no right neighbour past a chunk end)."""
+    B, T, S, C = y.shape
+    w_prev, w_cur, w_next = (weight[:, :, k, 0] for k in range(3))
+    zero = y.new_zeros(B, 1, S, C)
+    first = zero if left_frame is None else F.linear(left_frame[:, None].to(y.dtype), w_prev)
+    from_prev = torch.cat([first, F.linear(y[:, :-1], w_prev)], dim=1)
+    from_next = torch.cat([F.linear(y[:, 1:], w_next), zero], dim=1)
+    for _, end in chunks[:-1]:
+        from_next[:, end - 1] = 0                                   # no look-ahead past a chunk end
+    return F.linear(y, w_cur) + from_prev + from_next
 
 
 def _pointwise(conv: nn.Module, tokens: Tensor) -> Tensor:

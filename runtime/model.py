@@ -22,15 +22,30 @@ from runtime.camera_torch import camera_conditions_to_ray_matrices
 from runtime.config import ModelConfig, load_config
 from runtime.cross_attention import text_mask_bias
 from runtime.embedders import CaptionEmbedder, FinalLayer, PatchEmbed3D, TimestepEmbedder, text_norm
+from runtime.ffn import store_tap_major_
 from runtime.rope import rope_tables
 
 
 @dataclass
 class TextContext:
-    """A prompt prepared once per session: per-block cross-attention K/V and the padding bias."""
+    """A prompt prepared once per session: per-block cross-attention K/V and the padding bias (the fixed-length
+    form, [B, H, L, D] and [B, 1, 1, L], that exported engines take), and what the PyTorch blocks attend with:
+    for one prompt whose valid tokens are a prefix (the text encoder pads at the end), only those keys and no
+    bias. The same result: a padded key's -10000 bias underflows to a weight of exactly 0 in the softmax; without
+    a bias the attention kernel skips the mask, and a short prompt attends over its own length, not 300 tokens."""
 
     kv: list[tuple[Tensor, Tensor]]
     bias: Tensor
+    attend_kv: list[tuple[Tensor, Tensor]] | None = None
+    attend_bias: Tensor | None = None
+
+    @classmethod
+    def build(cls, kv: list[tuple[Tensor, Tensor]], mask: Tensor) -> TextContext:
+        bias = text_mask_bias(mask)
+        valid = int(mask[0].bool().sum()) if mask.shape[0] == 1 else 0
+        if valid and bool(mask[0, :valid].bool().all()):        # (one host sync per prompt)
+            return cls(kv, bias, [(k[:, :, :valid], v[:, :, :valid]) for k, v in kv], None)
+        return cls(kv, bias, kv, bias)
 
 
 def chunk_ranges(num_frames: int, first: int, size: int) -> tuple[tuple[int, int], ...]:
@@ -76,7 +91,7 @@ class SanaWorldModel(nn.Module):
     def prepare_text(self, emb: Tensor, mask: Tensor) -> TextContext:
         """emb [B, L, caption_channels], mask [B, L] -> per-block text K/V (computed once per prompt)."""
         y = self.attention_y_norm(self.y_embedder(emb))
-        return TextContext([blk.cross_attn.text_kv(y) for blk in self.blocks], text_mask_bias(mask))
+        return TextContext.build([blk.cross_attn.text_kv(y) for blk in self.blocks], mask)
 
     def new_cache(self, batch: int = 1) -> StreamCache:
         p = next(self.parameters())
@@ -129,7 +144,7 @@ class SanaWorldModel(nn.Module):
             mask = softmax_chunk_mask(chunks, h * w, cfg.sink, recent, x.device)
         ctx = FrameContext(chunks, (h, w), rope, cam_rope, rays, mask, write_cache)
         caches = cache.blocks if cache is not None else [None] * len(self.blocks)
-        v = self.forward_in_context(x, timestep, plucker, text.kv, text.bias, ctx, caches, plucker_terms)
+        v = self.forward_in_context(x, timestep, plucker, text.attend_kv, text.attend_bias, ctx, caches, plucker_terms)
         if write_cache:
             cache.commit_chunk(T)
         return v
@@ -170,13 +185,15 @@ BLOCK_RECOMPILE_LIMIT = 64
 
 def compile_blocks(model: SanaWorldModel, backend="inductor") -> SanaWorldModel:
     """torch.compile each block (fuses the many small elementwise ops of norms, RoPE, UCPE, gates and the
-    temporal convs). Shapes are static per chunk kind, so each block kind compiles a few times at most and a
+    temporal convs), after storing the FFN temporal convs' weights tap by tap (`ffn.store_tap_major_`). Shapes are static per chunk kind, so each block kind compiles a few times at most and a
     steady-state chunk compiles nothing (tests/unit/test_compile.py)."""
     import torch._dynamo.config as dynamo_config
 
     name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"  # older torch
     setattr(dynamo_config, name, max(getattr(dynamo_config, name), BLOCK_RECOMPILE_LIMIT))
     for blk in model.blocks:
+        if isinstance(blk.mlp.t_conv, nn.Conv2d):     # (quantized temporal convs keep their own GEMM)
+            store_tap_major_(blk.mlp.t_conv)
         blk.forward = torch.compile(blk.forward, dynamic=False, backend=backend)
     return model
 

@@ -341,8 +341,8 @@ def _quantize_text_side(model: nn.Module, quantization: dict) -> None:
     """The text K/V stay on the host (prepare_text) but went through the quantized layers at export: quantize
     the torch model the same way (FP8: with the calibrated static scales), unless it already is."""
     from quant import QuantPolicy, quantize
+    from quant.calibrate import set_fp8_input_scales
     from quant.linear import QuantLinear
-    from runtime.export_onnx import set_fp8_input_scales
 
     if any(isinstance(m, QuantLinear) for m in model.modules()):
         return

@@ -17,9 +17,21 @@ def test_bench_cpu_tiny_world_records_precision_and_scope(tmp_path, capsys):
     assert "tiny-world / fp8 (compact scope)" in table
     r = json.loads(out.read_text())
     assert r["precision"] == "fp8" and r["quant_scope"] == "compact"
+    assert r["fp8_activation_scales"] == "dynamic per token"
     assert r["chunks_timed"] == 2 and r["generator_ms_per_chunk_p50"] > 0
     assert r["with_decoder_ms_per_chunk_p50"] is None           # --no-decode
     assert r["frames_per_chunk"] == 24 and r["generator_x_realtime"] > 0
+
+
+def test_bench_static_fp8_activation_scales(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--device", "cpu", "--model", "tiny-world", "--precision", "fp8", "--act-scales", "static",
+                 "--calib-chunks", "1", "--chunks", "1", "--warmup", "1", "--no-decode", "--json", str(out)]) == 0
+    assert "activations static per tensor (max calibration, 1 chunks)" in capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert r["fp8_activation_scales"].startswith("static per tensor") and r["generator_ms_per_chunk_p50"] > 0
+    assert main(["bench", "--device", "cpu", "--model", "tiny-world", "--act-scales", "static"]) == 2
+    assert "fp8 option" in capsys.readouterr().err
 
 
 def test_bench_bf16_has_no_scope(tmp_path):

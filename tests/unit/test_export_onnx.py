@@ -20,6 +20,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx.reference import ReferenceEvaluator
 
 from quant import quantize, select_modules
+from quant.calibrate import calibrate_fp8_inputs
 from runtime import export_onnx as ex
 from runtime.cache import SoftmaxBlockCache
 from runtime.camera_torch import camera_conditions_to_ray_matrices
@@ -256,7 +257,7 @@ def nvfp4_bf16(model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def fp8_fp32(model, walk, tmp_path_factory):
     q = quantize(copy.deepcopy(model), "fp8")
-    ex.calibrate_fp8_inputs(q, lambda: _stream(q, walk, 2))
+    calibrate_fp8_inputs(q, lambda: _stream(q, walk, 2))
     path = tmp_path_factory.mktemp("fp8") / "cache_t2.onnx"
     return q, path, ex.export_chunk_graph(q, path, T, write_cache=True)
 

@@ -142,18 +142,29 @@ def test_config_is_frozen():
         cfg.depth = 3
 
 
-def test_ffn_temporal_mix_is_the_chunk_causal_temporal_conv():
-    """GLUMBConvTemp.temporal_mix (one GEMM over the interleaved taps) equals the (3, 1) Conv2d over frames run
-    per chunk, zero past each chunk's end, with the streamed left frame (or zeros) before the first frame; and it
+@pytest.mark.parametrize("tap_major", [False, True])
+def test_ffn_temporal_mix_is_the_chunk_causal_temporal_conv(tap_major):
+    """GLUMBConvTemp.temporal_mix (one GEMM over the interleaved taps, or with the weight stored tap-major as
+    `compile_blocks` does, one GEMM per tap over shifted frames) equals the (3, 1) Conv2d over frames run per
+    chunk, zero past each chunk's end, with the streamed left frame (or zeros) before the first frame; and it
     hands the last frame to the cache."""
     import torch.nn.functional as F
 
-    from runtime.ffn import GLUMBConvTemp
+    from runtime.ffn import GLUMBConvTemp, is_tap_major, store_tap_major_
 
     torch.manual_seed(0)
     B, T, S, C = 2, 7, 5, 6
     ffn = GLUMBConvTemp(C, 8)
     torch.nn.init.normal_(ffn.t_conv.weight)
+    state = {k: v.clone() for k, v in ffn.state_dict().items()}
+    if tap_major:
+        store_tap_major_(ffn.t_conv)
+        assert is_tap_major(ffn.t_conv) and not ffn.t_conv.weight.is_contiguous()
+        assert all(torch.equal(v, state[k]) for k, v in ffn.state_dict().items())   # same parameter values
+        ffn.load_state_dict(state)                                                # loading keeps the layout
+        assert is_tap_major(ffn.t_conv) and is_tap_major(ffn.to(torch.float64).to(torch.float32).t_conv)
+    else:
+        assert not is_tap_major(ffn.t_conv)
     y = torch.randn(B, T, S, C)
     left = torch.randn(B, S, C)
     chunks = ((0, 4), (4, 7))
@@ -170,3 +181,30 @@ def test_ffn_temporal_mix_is_the_chunk_causal_temporal_conv():
     assert torch.equal(cache_out, y[:, -1])
     no_left = ffn.temporal_mix(y[:, :4], ((0, 4),), None, None)
     assert torch.allclose(no_left, conv(y[:, :4], torch.zeros_like(left)), atol=1e-5)
+    slot = left.clone()      # the streaming cache reads the left frame from, and writes the last frame to, one slot
+    assert torch.allclose(ffn.temporal_mix(y[:, :4], ((0, 4),), slot, slot), conv(y[:, :4], left), atol=1e-5)
+    assert torch.equal(slot, y[:, 3])
+
+
+def test_text_prefix_mask_attends_to_the_valid_keys_only():
+    """One prompt padded at the end: the blocks attend over its valid keys with no bias, which equals attending
+    over all L keys with the official -10000 bias on the padding; a mask that is not a prefix (or a batch of
+    prompts) keeps the full keys and the bias."""
+    from runtime.model import TextContext
+
+    model = build_model("tiny-world", init="random", seed=3)
+    x, ts, text, cam, plk = random_inputs(model, 4)           # mask: the first half of the tokens valid
+    L = model.cfg.text_max_length
+    assert text.attend_bias is None and text.attend_kv[0][0].shape[2] == L // 2
+    assert text.kv[0][0].shape[2] == L and text.bias.shape == (1, 1, 1, L)   # the engines' fixed-length form
+    full = TextContext(text.kv, text.bias, text.kv, text.bias)
+    with torch.no_grad():
+        trimmed, reference = model(x, ts, text, cam, plk), model(x, ts, full, cam, plk)
+    assert rel_err(trimmed, reference) < FP32_REL
+    emb = torch.randn(1, L, model.cfg.caption_channels)
+    holes = torch.ones(1, L)
+    holes[0, 3] = 0
+    t = model.prepare_text(emb, holes)
+    assert t.attend_bias is t.bias and t.attend_kv is t.kv
+    t = model.prepare_text(emb, torch.ones(1, L))
+    assert t.attend_bias is None and t.attend_kv[0][0].shape[2] == L

@@ -23,13 +23,14 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from quant import quantize
+from quant.calibrate import set_fp8_input_scales
 from quant.linear import FP8Linear
 from runtime.cache import SoftmaxBlockCache
 from runtime.camera import actions_to_c2w
 from runtime.checkpoint import save_checkpoint
 from runtime.cli import main
 from runtime.config import load_config
-from runtime.export_onnx import MANIFEST, TensorRTUnavailable, build_engines, set_fp8_input_scales
+from runtime.export_onnx import MANIFEST, TensorRTUnavailable, build_engines
 from runtime.model import build_model
 from runtime.pipeline import DEFAULT_MODEL, load_generator, open_session
 from runtime.trt_backend import EngineError, OnnxRuntimeEngine, engine_generator, load_engine_model
