@@ -96,7 +96,7 @@ def is_tap_major(conv: nn.Conv2d) -> bool:
 def _temporal_mix_by_taps(y: Tensor, weight: Tensor, chunks, left_frame: Tensor | None) -> Tensor:
     """temporal_mix with a tap-major weight: out[t] = W0 y[t-1] + W1 y[t] + W2 y[t+1], one GEMM per tap over
     the frames that have that neighbour (y[-1] = left_frame or zeros, no right neighbour past a chunk end)."""
-    B, T, S, C = y.shape
+    B, _, S, C = y.shape
     w_prev, w_cur, w_next = (weight[:, :, k, 0] for k in range(3))
     zero = y.new_zeros(B, 1, S, C)
     first = zero if left_frame is None else F.linear(left_frame[:, None].to(y.dtype), w_prev)
