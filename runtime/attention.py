@@ -99,9 +99,37 @@ class CameraAttention(nn.Module):
         gate = F.silu(self.output_gate(x).float())
         return self.proj(((main.float() + cam.float()) * gate).to(x.dtype))
 
+    def fuse_camera_projections_(self) -> bool:
+        """Store q/k/v_proj_cam's weights and biases as row blocks of one [3 C, C] matrix (the three parameters
+        become views of it: same names, shapes and values), so that the camera branch runs one GEMM instead of
+        three (`compile_blocks` does this; a quantized camera projection keeps its own GEMM). Returns whether it
+        fused. Afterwards load weights with `load_state_dict` (it copies into the views), not with `assign=True`,
+        which would swap in parameters the fused matrix does not see."""
+        layers = (self.q_proj_cam, self.k_proj_cam, self.v_proj_cam)
+        if not all(type(m) is nn.Linear and m.bias is not None for m in layers):
+            return False
+        weight = torch.cat([m.weight.detach() for m in layers])
+        bias = torch.cat([m.bias.detach() for m in layers])
+        C = self.cfg.hidden_size
+        for i, m in enumerate(layers):
+            m.weight = nn.Parameter(weight[i * C:(i + 1) * C], requires_grad=False)
+            m.bias = nn.Parameter(bias[i * C:(i + 1) * C], requires_grad=False)
+        self._camera_qkv = (weight, bias)
+        return True
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        if getattr(self, "_camera_qkv", None) is not None:   # .to() / .cuda() converted the views one by one
+            self.fuse_camera_projections_()
+        return out
+
     def camera_projections(self, x: Tensor, ctx: FrameContext, chunks_conv: bool) -> tuple[Tensor, Tensor, Tensor]:
         """Camera-branch q, k, v [B, T, S, C] before their norms (k through its short conv in GDN blocks)."""
-        qc, kc, vc = self.q_proj_cam(x), self.k_proj_cam(x), self.v_proj_cam(x)
+        fused = getattr(self, "_camera_qkv", None)
+        if fused is not None:
+            qc, kc, vc = F.linear(x, *fused).chunk(3, dim=-1)
+        else:
+            qc, kc, vc = self.q_proj_cam(x), self.k_proj_cam(x), self.v_proj_cam(x)
         if chunks_conv:
             # The camera K conv is bidirectional inside each chunk and carries nothing across chunks.
             kc = bidirectional_short_conv(kc, self.conv_k_cam.weight, ctx.chunks, causal_across_chunks=False)

@@ -185,7 +185,8 @@ BLOCK_RECOMPILE_LIMIT = 64
 
 def compile_blocks(model: SanaWorldModel, backend="inductor") -> SanaWorldModel:
     """torch.compile each block (fuses the many small elementwise ops of norms, RoPE, UCPE, gates and the
-    temporal convs), after storing the FFN temporal convs' weights tap by tap (`ffn.store_tap_major_`). Shapes are static per chunk kind, so each block kind compiles a few times at most and a
+    temporal convs), after storing the FFN temporal convs' weights tap by tap (`ffn.store_tap_major_`) and the
+    camera q/k/v projections' weights as one matrix (`CameraAttention.fuse_camera_projections_`). Shapes are static per chunk kind, so each block kind compiles a few times at most and a
     steady-state chunk compiles nothing (tests/unit/test_compile.py)."""
     import torch._dynamo.config as dynamo_config
 
@@ -194,6 +195,7 @@ def compile_blocks(model: SanaWorldModel, backend="inductor") -> SanaWorldModel:
     for blk in model.blocks:
         if isinstance(blk.mlp.t_conv, nn.Conv2d):     # (quantized temporal convs keep their own GEMM)
             store_tap_major_(blk.mlp.t_conv)
+        blk.attn.fuse_camera_projections_()
         blk.forward = torch.compile(blk.forward, dynamic=False, backend=backend)
     return model
 

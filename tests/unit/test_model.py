@@ -208,3 +208,31 @@ def test_text_prefix_mask_attends_to_the_valid_keys_only():
     assert t.attend_bias is t.bias and t.attend_kv is t.kv
     t = model.prepare_text(emb, torch.ones(1, L))
     assert t.attend_bias is None and t.attend_kv[0][0].shape[2] == L
+
+
+def test_fused_camera_projections_keep_parameters_and_results():
+    """compile_blocks' two weight re-layouts (camera q/k/v projections as one matrix, FFN temporal convs tap by
+    tap) change neither the state dict nor the model's output, and a later load_state_dict reaches the fused
+    matrix."""
+    from runtime.ffn import is_tap_major, store_tap_major_
+
+    model = build_model("tiny-world", init="random", seed=5)
+    x, ts, text, cam, plk = random_inputs(model, 4)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        want = model(x, ts, text, cam, plk)
+        for blk in model.blocks:
+            assert blk.attn.fuse_camera_projections_()
+            store_tap_major_(blk.mlp.t_conv)
+        assert is_tap_major(model.blocks[0].mlp.t_conv)
+        assert model.state_dict().keys() == state.keys()
+        assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+        got = model(x, ts, text, cam, plk)
+        assert rel_err(got, want) < FP32_REL
+        other = build_model("tiny-world", init="random", seed=6)
+        model.load_state_dict(other.state_dict())
+        assert rel_err(model(x, ts, text, cam, plk), other(x, ts, text, cam, plk)) < FP32_REL
+        model.to(torch.float64)                                   # a dtype move re-fuses from the moved views
+        assert model.blocks[0].attn._camera_qkv[0].dtype == torch.float64
+        got64 = model(x.double(), ts.double(), text, cam.double(), plk.double())
+        assert rel_err(got64.float(), other(x, ts, text, cam, plk)) < FP32_REL
