@@ -46,12 +46,21 @@ def _silu(x, APPLY: tl.constexpr):
 
 
 @triton.jit
+def _output(out, p_scale, OUT_FP8: tl.constexpr):
+    """The fp32 result as stored: e4m3(clamp(out / scale)) for an FP8 output (the store casts), else unchanged."""
+    if OUT_FP8:
+        out = tl.clamp(out / tl.load(p_scale), -448.0, 448.0)
+    return out
+
+
+@triton.jit
 def _depthwise_glu_tiles_kernel(
-    p_act, p_w, p_b, p_out,
+    p_act, p_w, p_b, p_out, p_scale,
     H, W, M,
     s_an, s_ah, s_aw,
     s_on, s_oh, s_ow,
-    HAS_BIAS: tl.constexpr, SILU_IN: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SILU_IN: tl.constexpr, OUT_FP8: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     pid_p, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -77,7 +86,7 @@ def _depthwise_glu_tiles_kernel(
     if HAS_BIAS:
         acc_a += tl.load(p_b + c, mask=c_ok, other=0.0)[None, :]
         acc_g += tl.load(p_b + M + c, mask=c_ok, other=0.0)[None, :]
-    out = acc_a * (acc_g * tl.sigmoid(acc_g))
+    out = _output(acc_a * (acc_g * tl.sigmoid(acc_g)), p_scale, OUT_FP8)
     o_row = n.to(tl.int64) * s_on + i.to(tl.int64) * s_oh + j.to(tl.int64) * s_ow
     tl.store(p_out + o_row[:, None] + c[None, :], out.to(p_out.dtype.element_ty),
              mask=p_ok[:, None] & c_ok[None, :])
@@ -105,12 +114,12 @@ def _tap_row(w_ptr, c, c_ok, t: tl.constexpr):
 
 @triton.jit
 def _depthwise_glu_rows_kernel(
-    p_act, p_w, p_b, p_out,
+    p_act, p_w, p_b, p_out, p_scale,
     H, W, M,
     s_an, s_ah, s_aw,
     s_on, s_oh, s_ow,
-    HAS_BIAS: tl.constexpr, SILU_IN: tl.constexpr, ROWS: tl.constexpr, BLOCK_W: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SILU_IN: tl.constexpr, OUT_FP8: tl.constexpr, ROWS: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     pid_c, n, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -150,7 +159,7 @@ def _depthwise_glu_rows_kernel(
         if k >= 2 and i_done < H:   # rows r0 - 1 and r0 complete nothing of this segment
             y_a = cur_a + xa0 * a20 + xa1 * a21 + xa2 * a22 + bias_a
             y_g = cur_g + xg0 * g20 + xg1 * g21 + xg2 * g22 + bias_g
-            out = y_a * (y_g * tl.sigmoid(y_g))
+            out = _output(y_a * (y_g * tl.sigmoid(y_g)), p_scale, OUT_FP8)
             tl.store(o_base + i_done.to(tl.int64) * s_oh, out.to(p_out.dtype.element_ty),
                      mask=j_ok[:, None] & c_ok[None, :])
         cur_a = nxt_a + xa0 * a10 + xa1 * a11 + xa2 * a12
@@ -160,28 +169,29 @@ def _depthwise_glu_rows_kernel(
 
 
 def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None, config: tuple | None = None,
-                         silu_input: bool = False) -> Tensor:
+                         silu_input: bool = False, out_scale: Tensor | None = None) -> Tensor:
     from kernels.prep_triton import _empty  # NaN-filled under the tests' nan_filled_buffers()
 
     if act.stride(-1) != 1:
         act = act.contiguous()
     N, H, W, C = act.shape
     M = C // 2
-    out = _empty((N, H, W, M), act.device, act.dtype)
+    out = _empty((N, H, W, M), act.device, act.dtype if out_scale is None else torch.float8_e4m3fn)
     w = weight.reshape(C, 9).float().contiguous()     # fp32 taps: 0.5 MB at full size, read from L2
     b = bias.float().contiguous() if bias is not None else w
     kind, size, block_c, warps, silu_inside = config or CONFIG
     if silu_input and not silu_inside:
         act = torch.nn.functional.silu(act)
-    common = {"HAS_BIAS": bias is not None, "SILU_IN": silu_input and silu_inside, "BLOCK_C": block_c,
-              "num_warps": warps}
+    common = {"HAS_BIAS": bias is not None, "SILU_IN": silu_input and silu_inside, "OUT_FP8": out_scale is not None,
+              "BLOCK_C": block_c, "num_warps": warps}
+    scale = out_scale.float().reshape(()) if out_scale is not None else w   # (an unread pointer without FP8)
     strides = (*act.stride()[:3], *out.stride()[:3])
     if kind == "tiles":
         grid = (triton.cdiv(H * W, size), triton.cdiv(M, block_c), N)
-        _depthwise_glu_tiles_kernel[grid](act, w, b, out, H, W, M, *strides, BLOCK_P=size, **common)
+        _depthwise_glu_tiles_kernel[grid](act, w, b, out, scale, H, W, M, *strides, BLOCK_P=size, **common)
     elif kind == "rows":
         grid = (triton.cdiv(M, block_c), N, triton.cdiv(H, size))
-        _depthwise_glu_rows_kernel[grid](act, w, b, out, H, W, M, *strides, ROWS=size,
+        _depthwise_glu_rows_kernel[grid](act, w, b, out, scale, H, W, M, *strides, ROWS=size,
                                          BLOCK_W=max(2, triton.next_power_of_2(W)), **common)
     else:
         raise ValueError(f"depthwise_glu_triton: unknown launch kind {kind!r}")

@@ -31,6 +31,10 @@ def calibrate_fp8_inputs(model: nn.Module, run) -> dict[str, float]:
     layers = fp8_per_tensor_layers(model)
     if not layers:
         raise ValueError("calibrate_fp8_inputs: the model has no per-tensor FP8 layers (quantize it to fp8 first)")
+    for mod in layers.values():   # earlier static scales off: every layer sees (and quantizes) its input as usual
+        if "input_scale" in mod._buffers:
+            del mod.input_scale
+            mod.input_scale = None
     amax = {name: torch.zeros((), dtype=torch.float32, device=mod.weight.device) for name, mod in layers.items()}
     hooks = []
     for name, mod in layers.items():

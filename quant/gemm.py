@@ -424,14 +424,28 @@ def nvfp4_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tens
 # ---------------------------------------------------------------------------------------------------------------
 # FP8
 # ---------------------------------------------------------------------------------------------------------------
+def _prequantized(x: torch.Tensor, input_scale: torch.Tensor | None, block_size: int | None,
+                  out_dtype: torch.dtype | None) -> bool:
+    """Whether x is an activation already quantized with the static `input_scale` (then out_dtype is needed)."""
+    if x.dtype != torch.float8_e4m3fn:
+        return False
+    if input_scale is None or block_size is not None or out_dtype is None:
+        raise ValueError("an FP8 (already quantized) input needs a per-tensor weight, its static input_scale and "
+                         "an out_dtype")
+    return True
+
+
 def fp8_linear_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
                    bias: torch.Tensor | None = None, input_scale: torch.Tensor | None = None,
-                   block_size: int | None = None) -> torch.Tensor:
+                   block_size: int | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """fp32 reference. x [..., K]; weight float8_e4m3fn [N, K]; weight_scale fp32 [] (per tensor: activations
     are quantized per tensor with a static `input_scale`, else per token with their own row amax) or
-    [ceil(N/b), ceil(K/b)] for block_size b (activations stay unquantized). Returns [..., N] in x.dtype."""
+    [ceil(N/b), ceil(K/b)] for block_size b (activations stay unquantized). Returns [..., N] in x.dtype, or in
+    out_dtype; an x in float8_e4m3fn is taken as already quantized with `input_scale` (out_dtype required)."""
     w = dequantize_fp8(weight, weight_scale, block_size, torch.float32)
-    if block_size is None:
+    if _prequantized(x, input_scale, block_size, out_dtype):
+        xf = x.float() * input_scale.float()
+    elif block_size is None:
         if input_scale is None:
             xq, sx = quantize_fp8_per_row(x)
         else:
@@ -442,7 +456,7 @@ def fp8_linear_ref(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Te
     y = xf @ w.t()
     if bias is not None:
         y = y + bias.float()
-    return y.to(x.dtype)
+    return y.to(out_dtype or x.dtype)
 
 
 # Hopper's FP8 tensor cores accumulate in reduced precision; cuBLAS's default promotes the accumulator to fp32
@@ -462,8 +476,8 @@ FP8_ACT_QUANT = os.environ.get("SANA_WM_FP8_ACT_QUANT", "inductor")
 
 
 def fp8_linear_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
-                         bias: torch.Tensor | None = None,
-                         input_scale: torch.Tensor | None = None) -> torch.Tensor:
+                         bias: torch.Tensor | None = None, input_scale: torch.Tensor | None = None,
+                         out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Per-tensor FP8 x FP8 GEMM through torch._scaled_mm (fp32 accumulation), activations quantized on the fly.
     Needs K a multiple of 16 and x in bf16 / fp16. Same arguments as fp8_linear_ref without block_size.
 
@@ -473,15 +487,19 @@ def fp8_linear_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: to
     n, k = weight.shape
     if k % 16:
         raise ValueError(f"torch._scaled_mm needs K divisible by 16, got K={k}")
-    if x.dtype not in (torch.bfloat16, torch.float16):
-        raise TypeError(f"fp8_linear_scaled_mm: x must be bf16 or fp16, got {x.dtype}")
+    prequantized = _prequantized(x, input_scale, None, out_dtype)
+    out_dtype = out_dtype or x.dtype
+    if out_dtype not in (torch.bfloat16, torch.float16) or not (prequantized or x.dtype == out_dtype):
+        raise TypeError(f"fp8_linear_scaled_mm: x must be bf16 or fp16 (or FP8 with an out_dtype), got {x.dtype}")
     n_pad = -n % 16
     if n_pad:
         weight = F.pad(weight.view(torch.uint8), (0, 0, 0, n_pad)).view(weight.dtype)   # pad has no fp8 kernel
         bias = None if bias is None else F.pad(bias, (0, n_pad))
     x2 = x.reshape(-1, k)
     w_scale = weight_scale.float().reshape(())
-    if input_scale is not None:
+    if prequantized:
+        xq, sx = x2, input_scale.float().reshape(())
+    elif input_scale is not None:
         xq, sx = quantize_fp8_per_tensor(x2, input_scale)
     else:
         # Per-token scales: one fused pass on CUDA, and row-wise _scaled_mm takes the weight scale per column.
@@ -492,23 +510,25 @@ def fp8_linear_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: to
         else:
             xq, sx = fp8_quantize_rows_triton(x2)
         w_scale = w_scale.expand(1, n + n_pad).contiguous()
-    y = torch._scaled_mm(xq, weight.t(), sx, w_scale, bias=None if bias is None else bias.to(x.dtype),
-                         out_dtype=x.dtype, use_fast_accum=FP8_FAST_ACCUM)
+    y = torch._scaled_mm(xq, weight.t(), sx, w_scale, bias=None if bias is None else bias.to(out_dtype),
+                         out_dtype=out_dtype, use_fast_accum=FP8_FAST_ACCUM)
     return y[:, :n].reshape(*x.shape[:-1], n)   # a view (padded or not)
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
                bias: torch.Tensor | None = None, input_scale: torch.Tensor | None = None,
-               block_size: int | None = None, backend: str = "auto") -> torch.Tensor:
-    """y = x @ dequant(W)^T + bias for an FP8 weight (see fp8_linear_ref for the activation recipe).
+               block_size: int | None = None, backend: str = "auto",
+               out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """y = x @ dequant(W)^T + bias for an FP8 weight (see fp8_linear_ref for the activation recipe; an x already
+    quantized with the static input_scale, float8_e4m3fn, needs out_dtype).
 
-    backend: "auto" (per-tensor on CUDA cc >= 8.9 with K, N % 16 == 0: scaled_mm; per-block on CUDA: dequant;
+    backend: "auto" (per-tensor on CUDA cc >= 8.9 with K % 16 == 0: scaled_mm; per-block on CUDA: dequant;
     otherwise torch), "torch", "scaled_mm", "dequant" (dequantize W to x.dtype + F.linear, activations kept).
     """
     k = weight.shape[1]
     if backend == "auto":
         backend = "torch"
-        if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
+        if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16, torch.float8_e4m3fn):
             if block_size is not None:
                 backend = "dequant"
             elif _capability(x.device) >= (8, 9) and k % 16 == 0:
@@ -516,10 +536,12 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor
     if backend == "scaled_mm":
         if block_size is not None:
             raise ValueError("fp8_linear: the scaled_mm backend takes per-tensor weights only")
-        return fp8_linear_scaled_mm(x, weight, weight_scale, bias, input_scale)
+        return fp8_linear_scaled_mm(x, weight, weight_scale, bias, input_scale, out_dtype)
     if backend == "dequant":
+        if x.dtype == torch.float8_e4m3fn:
+            raise ValueError("fp8_linear: the dequant backend takes unquantized activations")
         w = dequantize_fp8(weight, weight_scale, block_size, x.dtype)
         return F.linear(x, w, None if bias is None else bias.to(x.dtype))
     if backend == "torch":
-        return fp8_linear_ref(x, weight, weight_scale, bias, input_scale, block_size)
+        return fp8_linear_ref(x, weight, weight_scale, bias, input_scale, block_size, out_dtype)
     raise ValueError(f"fp8_linear: unknown backend {backend!r} (choose from auto, torch, scaled_mm, dequant)")

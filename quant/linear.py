@@ -195,10 +195,17 @@ class FP8Linear(QuantLinear):
     def dequantize_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_fp8(self.weight, self.weight_scale, self.block_size, dtype)
 
-    def linear(self, x: torch.Tensor) -> torch.Tensor:
-        """[..., in] -> [..., out]."""
+    @property
+    def static_input_scale(self) -> torch.Tensor | None:
+        """The calibrated per-tensor activation scale when this layer quantizes its input with one (W8A8 with a
+        static `input_scale`): a producer may then hand it the input already quantized (float8_e4m3fn)."""
+        return self.input_scale if self.block_size is None else None
+
+    def linear(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+        """[..., in] -> [..., out]; x in float8_e4m3fn is taken as already quantized with the static input scale
+        (then out_dtype says the result's dtype)."""
         return fp8_linear(x, self.weight, self.weight_scale, self.bias, self.input_scale, self.block_size,
-                          self.backend)
+                          self.backend, out_dtype)
 
     forward = linear
 
@@ -211,12 +218,12 @@ class _Conv1x1:
     """Conv2d(kernel 1) semantics on NCHW input; `linear` still takes token-major [..., in] input, which is the
     cheaper call for a runtime that keeps activations token-major."""
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         """[B, in, H, W] -> [B, out, H, W]; channels_last input costs no copy and gives channels_last output.
         Token-major [N, in] input (pixels as rows) gives [N, out]: the runtime's FFN calls it so, through the
-        module so that forward hooks (FP8 calibration) see the call."""
+        module so that forward hooks (FP8 calibration) see the call (kwargs: `linear`'s, e.g. out_dtype)."""
         if x.ndim == 2 and x.shape[1] == self.in_features:
-            return self.linear(x)
+            return self.linear(x, **kwargs)
         if x.ndim != 4 or x.shape[1] != self.in_features:
             raise ValueError(f"{type(self).__name__}: expected [B, {self.in_features}, H, W] or "
                              f"[N, {self.in_features}], got {tuple(x.shape)}")

@@ -47,9 +47,15 @@ class GLUMBConvTemp(nn.Module):
         # Token-major throughout: the 1x1 convs are GEMMs over [tokens, channels] and SiLU + depthwise conv + GLU
         # gate is one op, a Triton kernel on CUDA (kernels.glu_conv), instead of cuDNN convs on NCHW views.
         y = _pointwise(self.inverted_conv.conv, x.reshape(B * T * S, C))
-        depth = self.depth_conv.conv
-        y = depthwise_glu(y.view(B * T, h, w, -1), depth.weight, depth.bias, silu_input=True)
-        y = _pointwise(self.point_conv.conv, y.view(B * T * S, -1)).view(B, T, S, C)
+        depth, point = self.depth_conv.conv, self.point_conv.conv
+        # An FP8 point conv with a calibrated static input scale (quant/calibrate.py) gets its input from the
+        # depthwise kernel already quantized: no separate quantizing pass over the M-channel activations.
+        scale = getattr(point, "static_input_scale", None)
+        y = depthwise_glu(y.view(B * T, h, w, -1), depth.weight, depth.bias, silu_input=True, out_scale=scale)
+        if scale is None:
+            y = _pointwise(point, y.view(B * T * S, -1)).view(B, T, S, C)
+        else:
+            y = point(y.view(B * T * S, -1), out_dtype=x.dtype).view(B, T, S, C)
         return y + self.temporal_mix(y, chunks, left_frame, cache_out)
 
     def temporal_mix(self, y: Tensor, chunks, left_frame, cache_out) -> Tensor:

@@ -36,3 +36,56 @@ def test_depthwise_glu_bf16_at_full_shape():
                 # a separate SiLU pass rounds its output to bf16 once more
                 tol = 2 * BF16_ONE_ROUNDING if silu and not config[-1] else BF16_ONE_ROUNDING
                 assert rel_err(got, want) < tol, (config, silu)
+
+
+def test_depthwise_glu_fp8_output_at_full_shape():
+    """With out_scale the kernel's E4M3 codes match the fp32 reference's: the hardware conversion rounds to
+    nearest even like torch's cast. They differ by one E4M3 step where the two fp32 results straddle a rounding
+    boundary: the default launch takes SiLU(act) rounded to bf16 (a separate pass), the reference in fp32, a
+    relative difference of ~2e-3 against E4M3 steps of 6-12%, so a few percent of the codes."""
+    from kernels.gdn_triton import nan_filled_buffers
+    from kernels.glu_conv_triton import depthwise_glu_triton
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    n, h, w, m = 3, 22, 40, 6720
+    act = torch.randn(n, h, w, 2 * m, device="cuda", generator=g).to(torch.bfloat16)
+    weight = (torch.randn(2 * m, 1, 3, 3, device="cuda", generator=g) / 3).to(torch.bfloat16)
+    bias = torch.randn(2 * m, device="cuda", generator=g).to(torch.bfloat16)
+    ref = depthwise_glu_reference(act, weight, bias, silu_input=True)
+    scale = (ref.float().abs().amax() / 448).reshape(())
+    want = depthwise_glu_reference(act, weight, bias, silu_input=True, out_scale=scale).float()
+    with nan_filled_buffers():
+        for config in (None, ("rows", 22, 16, 4, False)):
+            got = depthwise_glu_triton(act, weight, bias, config, True, out_scale=scale).float()
+            step = want.abs().clamp(min=2.0 ** -6) * 2.0 ** -3 + 2.0 ** -9
+            assert bool(((got - want).abs() <= step).all()), config
+            assert float((got != want).float().mean()) < 0.05, config
+
+
+def test_ffn_with_prequantized_fp8_point_conv_input(monkeypatch):
+    """The FFN at the full model's width in bf16 on CUDA, FP8 1x1 convs with calibrated static input scales: the
+    depthwise kernel's E4M3 output fed straight to the point conv's GEMM agrees with quantizing in the point conv
+    (within one E4M3 rounding of the activations: the unfused path rounds to bf16 first), eagerly and compiled."""
+    from quant import quantize
+    from quant.calibrate import calibrate_fp8_inputs
+    from quant.linear import FP8Linear
+    from runtime.ffn import GLUMBConvTemp
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need compute capability >= 8.9")
+    torch.manual_seed(0)
+    C, h, w = 2240, 22, 40
+    ffn = GLUMBConvTemp(C, 6720).cuda()
+    for p in ffn.parameters():
+        torch.nn.init.normal_(p, std=p[0].numel() ** -0.5)
+    ffn = ffn.to(torch.bfloat16)
+    quantize(ffn, {"format": "fp8", "include": ["inverted_conv.conv", "point_conv.conv"]})
+    x = torch.randn(1, 3, h * w, C, device="cuda").to(torch.bfloat16)
+    chunks = ((0, 3),)
+    with torch.no_grad():
+        calibrate_fp8_inputs(ffn, lambda: ffn(x, (h, w), chunks))
+        fused = ffn(x, (h, w), chunks)
+        compiled = torch.compile(lambda t: ffn(t, (h, w), chunks), fullgraph=True)(x)
+        monkeypatch.setattr(FP8Linear, "static_input_scale", property(lambda self: None))
+        unfused = ffn(x, (h, w), chunks)
+    assert rel_err(fused, unfused) < 0.03 and rel_err(compiled, fused) < 0.03

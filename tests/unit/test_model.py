@@ -236,3 +236,29 @@ def test_fused_camera_projections_keep_parameters_and_results():
         assert model.blocks[0].attn._camera_qkv[0].dtype == torch.float64
         got64 = model(x.double(), ts.double(), text, cam.double(), plk.double())
         assert rel_err(got64.float(), other(x, ts, text, cam, plk)) < FP32_REL
+
+
+def test_ffn_hands_the_fp8_point_conv_its_input_prequantized(monkeypatch):
+    """With a calibrated static input scale on an FP8 point conv the depthwise kernel writes E4M3 directly and the
+    point conv takes it as is: on the CPU (fp32) the same numbers as quantizing in the point conv, bit for bit.
+    Calibrating again (the static scales are switched off for it) finds the same scales."""
+    from quant import quantize
+    from quant.calibrate import calibrate_fp8_inputs
+    from quant.linear import FP8Linear
+    from runtime.ffn import GLUMBConvTemp
+
+    torch.manual_seed(1)
+    B, T, h, w, C = 1, 3, 4, 5, 32
+    ffn = GLUMBConvTemp(C, 48)
+    for p in ffn.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    quantize(ffn, {"format": "fp8", "include": ["inverted_conv.conv", "point_conv.conv"]})
+    x = torch.randn(B, T, h * w, C)
+    chunks = ((0, T),)
+    scales = calibrate_fp8_inputs(ffn, lambda: ffn(x, (h, w), chunks))
+    assert ffn.point_conv.conv.static_input_scale is not None
+    assert calibrate_fp8_inputs(ffn, lambda: ffn(x, (h, w), chunks)) == scales
+    fused = ffn(x, (h, w), chunks)
+    monkeypatch.setattr(FP8Linear, "static_input_scale", property(lambda self: None))
+    unfused = ffn(x, (h, w), chunks)
+    assert torch.equal(fused, unfused)

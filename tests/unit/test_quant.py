@@ -37,7 +37,7 @@ from quant import (
     quantize_state_dict,
     quantized_modules,
 )
-from quant.fp8 import quantize_fp8_per_row
+from quant.fp8 import quantize_fp8_per_row, quantize_fp8_per_tensor
 from quant.gemm import fp8_linear, fp8_linear_ref, fp8_linear_scaled_mm, nvfp4_linear, nvfp4_linear_ref
 from quant.nvfp4 import e2m1_decode, e2m1_encode, pack_e2m1, unpack_e2m1
 
@@ -692,11 +692,18 @@ def test_fp8_scaled_mm_matches_reference_on_cpu(n, static):
     scale = x.float().abs().amax() / 448 if static else None
     ref = fp8_linear_ref(x, q.weight, q.weight_scale, b, scale)
     assert torch.equal(fp8_linear(x, q.weight, q.weight_scale, b, scale), ref)  # CPU dispatch = reference
+    xq = quantize_fp8_per_tensor(x, scale)[0] if static else None    # an input quantized by its producer
+    if static:
+        assert torch.equal(fp8_linear(xq, q.weight, q.weight_scale, b, scale, out_dtype=torch.bfloat16), ref)
+        with pytest.raises(ValueError, match="out_dtype"):
+            fp8_linear(xq, q.weight, q.weight_scale, b, scale)
     try:
         y = fp8_linear_scaled_mm(x, q.weight, q.weight_scale, b, scale)
     except (RuntimeError, NotImplementedError) as exc:
         pytest.skip(f"torch._scaled_mm has no CPU kernel in this build: {exc}")
     assert y.shape == (2, 7, n) and rel_rms(y.float(), ref.float()) < SCALED_MM_REL_RMS
+    if static:
+        assert torch.equal(fp8_linear_scaled_mm(xq, q.weight, q.weight_scale, b, scale, torch.bfloat16), y)
 
 
 def test_calibrate_fp8_inputs_sets_max_calibrated_static_scales():
