@@ -478,7 +478,8 @@ FP8_ACT_QUANT = os.environ.get("SANA_WM_FP8_ACT_QUANT", "inductor")
 def fp8_linear_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
                          bias: torch.Tensor | None = None, input_scale: torch.Tensor | None = None,
                          out_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Per-tensor FP8 x FP8 GEMM through torch._scaled_mm (fp32 accumulation), activations quantized on the fly.
+    """Per-tensor FP8 x FP8 GEMM through torch._scaled_mm (fp32 accumulation), activations quantized on the fly
+    (or, in float8_e4m3fn with the static input_scale and an out_dtype, already quantized by their producer).
     Needs K a multiple of 16 and x in bf16 / fp16. Same arguments as fp8_linear_ref without block_size.
 
     An N that is not a multiple of 16 (the GDN blocks' beta / gate projections: N = 20 heads) is padded with zero

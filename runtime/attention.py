@@ -104,7 +104,8 @@ class CameraAttention(nn.Module):
         become views of it: same names, shapes and values), so that the camera branch runs one GEMM instead of
         three (`compile_blocks` does this; a quantized camera projection keeps its own GEMM). Returns whether it
         fused. Afterwards load weights with `load_state_dict` (it copies into the views), not with `assign=True`,
-        which would swap in parameters the fused matrix does not see."""
+        which would swap in parameters the fused matrix does not see; and save checkpoints before fusing (the three
+        parameters then share one storage, which safetensors refuses to write)."""
         layers = (self.q_proj_cam, self.k_proj_cam, self.v_proj_cam)
         if not all(type(m) is nn.Linear and m.bias is not None for m in layers):
             return False
