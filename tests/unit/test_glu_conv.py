@@ -17,7 +17,7 @@ import pytest
 import torch.nn.functional as F
 
 from kernels.glu_conv import depthwise_glu, depthwise_glu_reference
-from tests.tolerances import FP32_REL, rel_err
+from tests.tolerances import FP32_REL, e4m3_codes_agree, rel_err
 
 # (N, H, W, M): M not a multiple of the channel block, frames not a multiple of the position block, N = 1, a
 # single row, a single column, a 1x1 frame (every neighbour is padding).
@@ -79,20 +79,7 @@ def test_triton_depthwise_glu_matches_reference(shape, config, with_bias):
 
 
 def _fp8_agrees(got: torch.Tensor, want: torch.Tensor) -> bool:
-    """Two E4M3 results of the same fp32 values in a different summation order: equal codes, or (where the value
-    sits on a rounding boundary) neighbouring ones; never more than one E4M3 step apart, and rarely apart.
-
-    The Triton interpreter's fp32 -> e4m3 conversion (triton 3.9, CPU) drops the carry when rounding up fills the
-    mantissa: 31.1 becomes 16, not 32 (the GPU's cvt.rn.satfinite gets 32). Under the interpreter exactly those
-    elements (the reference a power of two, the kernel half of it) are set aside; the GPU test holds all of them."""
-    assert got.dtype == want.dtype == torch.float8_e4m3fn and got.shape == want.shape
-    g, w = got.float(), want.float()
-    if DEVICE == "cpu":
-        carry = (g * 2 == w) & (w != 0) & (torch.log2(w.abs()) == torch.log2(w.abs()).round())
-        g = torch.where(carry, w, g)
-    step = w.abs().clamp(min=2.0 ** -6) * 2.0 ** -3          # one E4M3 step at w (subnormals: the fixed 2^-9)
-    close = (g - w).abs() <= step + 2.0 ** -9
-    return bool(close.all()) and float((g != w).float().mean()) < 0.02
+    return e4m3_codes_agree(got, want, max_differing=0.02, interpreter=DEVICE == "cpu")
 
 
 @needs_triton
