@@ -36,8 +36,12 @@ class TextContext:
 
     kv: list[tuple[Tensor, Tensor]]
     bias: Tensor
-    attend_kv: list[tuple[Tensor, Tensor]] | None = None
+    attend_kv: list[tuple[Tensor, Tensor]] | None = None   # None: the full keys with the bias
     attend_bias: Tensor | None = None
+
+    def __post_init__(self):
+        if self.attend_kv is None:
+            self.attend_kv, self.attend_bias = self.kv, self.bias
 
     @classmethod
     def build(cls, kv: list[tuple[Tensor, Tensor]], mask: Tensor) -> TextContext:
@@ -45,7 +49,7 @@ class TextContext:
         valid = int(mask[0].bool().sum()) if mask.shape[0] == 1 else 0
         if valid and bool(mask[0, :valid].bool().all()):        # (one host sync per prompt)
             return cls(kv, bias, [(k[:, :, :valid], v[:, :, :valid]) for k, v in kv], None)
-        return cls(kv, bias, kv, bias)
+        return cls(kv, bias)
 
 
 def chunk_ranges(num_frames: int, first: int, size: int) -> tuple[tuple[int, int], ...]:
@@ -186,8 +190,9 @@ BLOCK_RECOMPILE_LIMIT = 64
 def compile_blocks(model: SanaWorldModel, backend="inductor") -> SanaWorldModel:
     """torch.compile each block (fuses the many small elementwise ops of norms, RoPE, UCPE, gates and the
     temporal convs), after storing the FFN temporal convs' weights tap by tap (`ffn.store_tap_major_`) and the
-    camera q/k/v projections' weights as one matrix (`CameraAttention.fuse_camera_projections_`). Shapes are static per chunk kind, so each block kind compiles a few times at most and a
-    steady-state chunk compiles nothing (tests/unit/test_compile.py)."""
+    camera q/k/v projections' weights as one matrix (`CameraAttention.fuse_camera_projections_`). Shapes are
+    static per chunk kind, so each block kind compiles a few times at most and a steady-state chunk compiles
+    nothing (tests/unit/test_compile.py)."""
     import torch._dynamo.config as dynamo_config
 
     name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"  # older torch

@@ -197,7 +197,7 @@ def test_text_prefix_mask_attends_to_the_valid_keys_only():
     L = model.cfg.text_max_length
     assert text.attend_bias is None and text.attend_kv[0][0].shape[2] == L // 2
     assert text.kv[0][0].shape[2] == L and text.bias.shape == (1, 1, 1, L)   # the engines' fixed-length form
-    full = TextContext(text.kv, text.bias, text.kv, text.bias)
+    full = TextContext(text.kv, text.bias)                    # attends with the full keys and the bias
     with torch.no_grad():
         trimmed, reference = model(x, ts, text, cam, plk), model(x, ts, full, cam, plk)
     assert rel_err(trimmed, reference) < FP32_REL
