@@ -325,10 +325,11 @@ def _depthwise_glu_case(config=None, silu_input=False):
     act = torch.randn(n, h, w, 2 * m, device=DEVICE, generator=g).to(torch.bfloat16)
     weight = (torch.randn(2 * m, 1, 3, 3, device=DEVICE, generator=g) / 3).to(torch.bfloat16)
     bias = torch.randn(2 * m, device=DEVICE, generator=g).to(torch.bfloat16)
+    tap_major = weight.reshape(2 * m, 9).t().contiguous().t().reshape(weight.shape)   # as the compiled FFN stores it
 
     def run(impl):
         if impl == "triton":
-            return depthwise_glu_triton(act, weight, bias, config, silu_input)
+            return depthwise_glu_triton(act, tap_major, bias, config, silu_input)
         x = F.silu(act) if silu_input else act
         y = F.conv2d(x.permute(0, 3, 1, 2), weight, bias, padding=1, groups=2 * m)
         a, gate = y.chunk(2, dim=1)

@@ -35,7 +35,11 @@ if os.environ.get("SANA_WM_GLU_CONFIG"):   # e.g. "rows,22,16,4,1": a launch cho
     CONFIG = (_kind, *(int(v) for v in _ints[:3]), _ints[3] == "1")
 CONFIG_CHOICES = tuple((*shape, inside) for inside in (False, True) for shape in (
     ("tiles", 16, 128, 4), ("tiles", 32, 128, 4), ("tiles", 16, 64, 4), ("rows", 22, 16, 4), ("rows", 11, 16, 4),
-    ("rows", 22, 16, 2), ("rows", 11, 32, 4), ("rows", 6, 16, 4)))
+    ("rows", 22, 16, 2), ("rows", 11, 32, 4), ("rows", 6, 16, 4))) + tuple((*shape, False) for shape in (
+    # session 11, with the taps read tap-major: wider channel blocks and more warps per program (SiLU inside the
+    # kernel lost everywhere in round 11, so only the separate-pass variant)
+    ("tiles", 8, 256, 4), ("tiles", 16, 256, 8), ("tiles", 32, 128, 8), ("tiles", 64, 64, 4), ("tiles", 32, 64, 4),
+    ("tiles", 16, 128, 8), ("tiles", 8, 128, 2)))
 
 
 @triton.jit
@@ -59,6 +63,7 @@ def _depthwise_glu_tiles_kernel(
     H, W, M,
     s_an, s_ah, s_aw,
     s_on, s_oh, s_ow,
+    s_wc, s_wr, s_ws,
     HAS_BIAS: tl.constexpr, SILU_IN: tl.constexpr, OUT_FP8: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -81,11 +86,12 @@ def _depthwise_glu_tiles_kernel(
         ptr = base + row[:, None] + c[None, :]
         x_a = _silu(tl.load(ptr, mask=mask, other=0.0).to(tl.float32), SILU_IN)
         x_g = _silu(tl.load(ptr + M, mask=mask, other=0.0).to(tl.float32), SILU_IN)
-        acc_a += x_a * tl.load(p_w + c * 9 + tap, mask=c_ok, other=0.0)[None, :]
-        acc_g += x_g * tl.load(p_w + (c + M) * 9 + tap, mask=c_ok, other=0.0)[None, :]
+        w_tap = p_w + c * s_wc + (tap // 3) * s_wr + (tap % 3) * s_ws
+        acc_a += x_a * tl.load(w_tap, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        acc_g += x_g * tl.load(w_tap + M * s_wc, mask=c_ok, other=0.0).to(tl.float32)[None, :]
     if HAS_BIAS:
-        acc_a += tl.load(p_b + c, mask=c_ok, other=0.0)[None, :]
-        acc_g += tl.load(p_b + M + c, mask=c_ok, other=0.0)[None, :]
+        acc_a += tl.load(p_b + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        acc_g += tl.load(p_b + M + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
     out = _output(acc_a * (acc_g * tl.sigmoid(acc_g)), p_scale, OUT_FP8)
     o_row = n.to(tl.int64) * s_on + i.to(tl.int64) * s_oh + j.to(tl.int64) * s_ow
     tl.store(p_out + o_row[:, None] + c[None, :], out.to(p_out.dtype.element_ty),
@@ -104,11 +110,12 @@ def _shifted_row(base, s_aw, j, c, W, M, row_ok, c_ok, dj: tl.constexpr, SILU_IN
 
 
 @triton.jit
-def _tap_row(w_ptr, c, c_ok, t: tl.constexpr):
-    """The 3 column weights of tap row t, [1, BLOCK_C] each."""
-    w0 = tl.load(w_ptr + c * 9 + 3 * t, mask=c_ok, other=0.0)[None, :]
-    w1 = tl.load(w_ptr + c * 9 + 3 * t + 1, mask=c_ok, other=0.0)[None, :]
-    w2 = tl.load(w_ptr + c * 9 + 3 * t + 2, mask=c_ok, other=0.0)[None, :]
+def _tap_row(w_ptr, c, c_ok, s_wc, s_wr, s_ws, t: tl.constexpr):
+    """The 3 column weights of tap row t, [1, BLOCK_C] fp32 each."""
+    row = w_ptr + c * s_wc + t * s_wr
+    w0 = tl.load(row, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    w1 = tl.load(row + s_ws, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    w2 = tl.load(row + 2 * s_ws, mask=c_ok, other=0.0).to(tl.float32)[None, :]
     return w0, w1, w2
 
 
@@ -118,6 +125,7 @@ def _depthwise_glu_rows_kernel(
     H, W, M,
     s_an, s_ah, s_aw,
     s_on, s_oh, s_ow,
+    s_wc, s_wr, s_ws,
     HAS_BIAS: tl.constexpr, SILU_IN: tl.constexpr, OUT_FP8: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
@@ -129,15 +137,15 @@ def _depthwise_glu_rows_kernel(
     r0 = pid_r * ROWS
     a_base = p_act + n.to(tl.int64) * s_an
     o_base = p_out + n.to(tl.int64) * s_on + j.to(tl.int64)[:, None] * s_ow + c[None, :]
-    a00, a01, a02 = _tap_row(p_w, c, c_ok, 0)
-    a10, a11, a12 = _tap_row(p_w, c, c_ok, 1)
-    a20, a21, a22 = _tap_row(p_w, c, c_ok, 2)
-    g00, g01, g02 = _tap_row(p_w + M * 9, c, c_ok, 0)
-    g10, g11, g12 = _tap_row(p_w + M * 9, c, c_ok, 1)
-    g20, g21, g22 = _tap_row(p_w + M * 9, c, c_ok, 2)
+    a00, a01, a02 = _tap_row(p_w, c, c_ok, s_wc, s_wr, s_ws, 0)
+    a10, a11, a12 = _tap_row(p_w, c, c_ok, s_wc, s_wr, s_ws, 1)
+    a20, a21, a22 = _tap_row(p_w, c, c_ok, s_wc, s_wr, s_ws, 2)
+    g00, g01, g02 = _tap_row(p_w + M * s_wc, c, c_ok, s_wc, s_wr, s_ws, 0)
+    g10, g11, g12 = _tap_row(p_w + M * s_wc, c, c_ok, s_wc, s_wr, s_ws, 1)
+    g20, g21, g22 = _tap_row(p_w + M * s_wc, c, c_ok, s_wc, s_wr, s_ws, 2)
     if HAS_BIAS:
-        bias_a = tl.load(p_b + c, mask=c_ok, other=0.0)[None, :]
-        bias_g = tl.load(p_b + M + c, mask=c_ok, other=0.0)[None, :]
+        bias_a = tl.load(p_b + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+        bias_g = tl.load(p_b + M + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
     else:
         bias_a = tl.zeros([1, BLOCK_C], dtype=tl.float32)
         bias_g = tl.zeros([1, BLOCK_C], dtype=tl.float32)
@@ -177,21 +185,26 @@ def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None, confi
     N, H, W, C = act.shape
     M = C // 2
     out = _empty((N, H, W, M), act.device, act.dtype if out_scale is None else torch.float8_e4m3fn)
-    w = weight.reshape(C, 9).float().contiguous()     # fp32 taps: 0.5 MB at full size, read from L2
-    b = bias.float().contiguous() if bias is not None else w
+    # The taps and bias are read as stored (any strides, any float dtype; no per-call fp32 copies, two kernels
+    # each call). The FFN's compiled path stores the taps tap-major (runtime.ffn.store_depthwise_tap_major_): each
+    # tap's per-channel load is then one contiguous run.
+    b = bias if bias is None or bias.stride(0) == 1 else bias.contiguous()
+    w_strides = (weight.stride(0), weight.stride(2), weight.stride(3))
     kind, size, block_c, warps, silu_inside = config or CONFIG
     if silu_input and not silu_inside:
         act = torch.nn.functional.silu(act)
     common = {"HAS_BIAS": bias is not None, "SILU_IN": silu_input and silu_inside, "OUT_FP8": out_scale is not None,
               "BLOCK_C": block_c, "num_warps": warps}
-    scale = out_scale.float().reshape(()) if out_scale is not None else w   # (an unread pointer without FP8)
-    strides = (*act.stride()[:3], *out.stride()[:3])
+    unread = weight                                        # a pointer the kernel never reads (no bias / no FP8)
+    scale = out_scale.float().reshape(()) if out_scale is not None else unread
+    b = unread if b is None else b
+    strides = (*act.stride()[:3], *out.stride()[:3], *w_strides)
     if kind == "tiles":
         grid = (triton.cdiv(H * W, size), triton.cdiv(M, block_c), N)
-        _depthwise_glu_tiles_kernel[grid](act, w, b, out, scale, H, W, M, *strides, BLOCK_P=size, **common)
+        _depthwise_glu_tiles_kernel[grid](act, weight, b, out, scale, H, W, M, *strides, BLOCK_P=size, **common)
     elif kind == "rows":
         grid = (triton.cdiv(M, block_c), N, triton.cdiv(H, size))
-        _depthwise_glu_rows_kernel[grid](act, w, b, out, scale, H, W, M, *strides, ROWS=size,
+        _depthwise_glu_rows_kernel[grid](act, weight, b, out, scale, H, W, M, *strides, ROWS=size,
                                          BLOCK_W=max(2, triton.next_power_of_2(W)), **common)
     else:
         raise ValueError(f"depthwise_glu_triton: unknown launch kind {kind!r}")

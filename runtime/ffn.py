@@ -94,6 +94,16 @@ def store_tap_major_(conv: nn.Conv2d) -> None:
                                requires_grad=w.requires_grad)
 
 
+def store_depthwise_tap_major_(conv: nn.Conv2d) -> None:
+    """Re-store a 3x3 depthwise conv's weight tap by tap: the same [C, 1, 3, 3] parameter, laid out in memory as
+    [9, C], so the depthwise + GLU kernel's per-tap load over a block of channels is one contiguous run instead of
+    a stride-9 gather (the kernel reads the weight with its strides, either layout). `compile_blocks` applies it."""
+    w = conv.weight
+    c = w.shape[0]
+    tap_major = w.detach().reshape(c, 9).t().contiguous().t().reshape(w.shape)
+    conv.weight = nn.Parameter(tap_major, requires_grad=w.requires_grad)
+
+
 def is_tap_major(conv: nn.Conv2d) -> bool:
     w = conv.weight
     return w.dim() == 4 and w.shape[2] == 3 and w[:, :, 0, 0].is_contiguous()

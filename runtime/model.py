@@ -22,7 +22,7 @@ from runtime.camera_torch import camera_conditions_to_ray_matrices
 from runtime.config import ModelConfig, load_config
 from runtime.cross_attention import text_mask_bias
 from runtime.embedders import CaptionEmbedder, FinalLayer, PatchEmbed3D, TimestepEmbedder, text_norm
-from runtime.ffn import store_tap_major_
+from runtime.ffn import store_depthwise_tap_major_, store_tap_major_
 from runtime.rope import rope_tables
 
 
@@ -189,8 +189,9 @@ BLOCK_RECOMPILE_LIMIT = 64
 
 def compile_blocks(model: SanaWorldModel, backend="inductor") -> SanaWorldModel:
     """torch.compile each block (fuses the many small elementwise ops of norms, RoPE, UCPE, gates and the
-    temporal convs), after storing the FFN temporal convs' weights tap by tap (`ffn.store_tap_major_`) and the
-    camera q/k/v projections' weights as one matrix (`CameraAttention.fuse_camera_projections_`). Shapes are
+    temporal convs), after storing the FFN temporal and depthwise convs' weights tap by tap
+    (`ffn.store_tap_major_`, `ffn.store_depthwise_tap_major_`) and the camera q/k/v projections' weights as one
+    matrix (`CameraAttention.fuse_camera_projections_`). Shapes are
     static per chunk kind, so each block kind compiles a few times at most and a steady-state chunk compiles
     nothing (tests/unit/test_compile.py)."""
     import torch._dynamo.config as dynamo_config
@@ -200,6 +201,7 @@ def compile_blocks(model: SanaWorldModel, backend="inductor") -> SanaWorldModel:
     for blk in model.blocks:
         if isinstance(blk.mlp.t_conv, nn.Conv2d):     # (quantized temporal convs keep their own GEMM)
             store_tap_major_(blk.mlp.t_conv)
+        store_depthwise_tap_major_(blk.mlp.depth_conv.conv)
         blk.attn.fuse_camera_projections_()
         blk.forward = torch.compile(blk.forward, dynamic=False, backend=backend)
     return model

@@ -78,6 +78,32 @@ def test_triton_depthwise_glu_matches_reference(shape, config, with_bias):
         assert rel_err(got, want) < FP32_REL, silu
 
 
+@needs_triton
+@pytest.mark.parametrize("config", [TILES, ROWS_2], ids=["tiles", "rows2"])
+def test_triton_reads_taps_in_any_layout_and_dtype(config):
+    """The kernel reads the taps and bias as stored: a tap-major weight (the FFN's compiled path,
+    runtime.ffn.store_depthwise_tap_major_) gives the same result as the contiguous one, bit for bit; bf16 taps and
+    bias are widened in the kernel (no per-call fp32 copies), equal to passing their fp32 values."""
+    from kernels.gdn_triton import nan_filled_buffers
+    from kernels.glu_conv_triton import depthwise_glu_triton
+    from runtime.ffn import store_depthwise_tap_major_
+
+    act, weight, bias = _inputs(SHAPES[0], seed=11)
+    conv = torch.nn.Conv2d(weight.shape[0], weight.shape[0], 3, padding=1, groups=weight.shape[0]).to(DEVICE)
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+    store_depthwise_tap_major_(conv)
+    assert conv.weight.stride(0) == 1 and torch.equal(conv.weight, weight)
+    with nan_filled_buffers():
+        want = depthwise_glu_triton(act, weight, bias, config, True)
+        got = depthwise_glu_triton(act, conv.weight.detach(), bias, config, True)
+        assert torch.equal(got, want)
+        w16, b16 = weight.to(torch.bfloat16), bias.to(torch.bfloat16)
+        want = depthwise_glu_triton(act, w16.float(), b16.float(), config, True)
+        got = depthwise_glu_triton(act, w16, b16, config, True)
+        assert torch.equal(got, want)
+
+
 def _fp8_agrees(got: torch.Tensor, want: torch.Tensor) -> bool:
     return e4m3_codes_agree(got, want, max_differing=0.02, interpreter=DEVICE == "cpu")
 

@@ -211,10 +211,10 @@ def test_text_prefix_mask_attends_to_the_valid_keys_only():
 
 
 def test_fused_camera_projections_keep_parameters_and_results():
-    """compile_blocks' two weight re-layouts (camera q/k/v projections as one matrix, FFN temporal convs tap by
-    tap) change neither the state dict nor the model's output, and a later load_state_dict reaches the fused
-    matrix."""
-    from runtime.ffn import is_tap_major, store_tap_major_
+    """compile_blocks' weight re-layouts (camera q/k/v projections as one matrix, FFN temporal and depthwise convs
+    tap by tap) change neither the state dict nor the model's output, and a later load_state_dict reaches the fused
+    matrix and keeps the tap-major layouts."""
+    from runtime.ffn import is_tap_major, store_depthwise_tap_major_, store_tap_major_
 
     model = build_model("tiny-world", init="random", seed=5)
     x, ts, text, cam, plk = random_inputs(model, 4)
@@ -224,7 +224,9 @@ def test_fused_camera_projections_keep_parameters_and_results():
         for blk in model.blocks:
             assert blk.attn.fuse_camera_projections_()
             store_tap_major_(blk.mlp.t_conv)
+            store_depthwise_tap_major_(blk.mlp.depth_conv.conv)
         assert is_tap_major(model.blocks[0].mlp.t_conv)
+        assert model.blocks[0].mlp.depth_conv.conv.weight.stride(0) == 1
         assert model.state_dict().keys() == state.keys()
         assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
         got = model(x, ts, text, cam, plk)
@@ -232,6 +234,7 @@ def test_fused_camera_projections_keep_parameters_and_results():
         other = build_model("tiny-world", init="random", seed=6)
         model.load_state_dict(other.state_dict())
         assert rel_err(model(x, ts, text, cam, plk), other(x, ts, text, cam, plk)) < FP32_REL
+        assert model.blocks[0].mlp.depth_conv.conv.weight.stride(0) == 1
         model.to(torch.float64)                                   # a dtype move re-fuses from the moved views
         assert model.blocks[0].attn._camera_qkv[0].dtype == torch.float64
         got64 = model(x.double(), ts.double(), text, cam.double(), plk.double())
