@@ -26,26 +26,36 @@ from torch import Tensor
 
 __all__ = ["CONFIG", "CONFIG_CHOICES", "depthwise_glu_triton"]
 
-CONFIG = ("tiles", 16, 128, 4, False)
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+CONFIG = ("tiles", 32, 64, 4, False)
 """(kind, positions or rows per program, channels per program, warps, SiLU of the input inside the kernel; when
-False a `silu_input` call first runs a separate SiLU pass). H200, round 10: tiles 16 x 128 took 0.097 ms at the
-full model's chunk shape, 32 x 128 0.120 ms; `bench.kernels --only depthwise_glu_sweep` times every choice."""
+False a `silu_input` call first runs a separate SiLU pass). H200, round 24 (taps read tap-major, bf16): tiles
+32 x 64 took 0.139 ms with the SiLU pass at the full model's chunk shape, the former 16 x 128 0.264 ms (0.149 in
+round 11 with fp32 stride-9 taps; with bf16 tap-major taps its 128-channel blocks spill); the generator went from
+154.8 to 144.5 ms per chunk (FP8 static). `bench.kernels --only depthwise_glu_sweep` times every choice."""
 if os.environ.get("SANA_WM_GLU_CONFIG"):   # e.g. "rows,22,16,4,1": a launch choice to time without editing CONFIG
     _kind, *_ints = os.environ["SANA_WM_GLU_CONFIG"].split(",")
     CONFIG = (_kind, *(int(v) for v in _ints[:3]), _ints[3] == "1")
 CONFIG_CHOICES = tuple((*shape, inside) for inside in (False, True) for shape in (
-    ("tiles", 16, 128, 4), ("tiles", 32, 128, 4), ("tiles", 16, 64, 4), ("rows", 22, 16, 4), ("rows", 11, 16, 4),
-    ("rows", 22, 16, 2), ("rows", 11, 32, 4), ("rows", 6, 16, 4))) + tuple((*shape, False) for shape in (
-    # session 11, with the taps read tap-major: wider channel blocks and more warps per program (SiLU inside the
-    # kernel lost everywhere in round 11, so only the separate-pass variant)
-    ("tiles", 8, 256, 4), ("tiles", 16, 256, 8), ("tiles", 32, 128, 8), ("tiles", 64, 64, 4), ("tiles", 32, 64, 4),
-    ("tiles", 16, 128, 8), ("tiles", 8, 128, 2)))
+    # rounds 11 and 24 kept the ones worth another look; SiLU inside now takes the one-instruction tanh
+    ("tiles", 32, 64, 4), ("tiles", 16, 64, 4), ("tiles", 32, 128, 8), ("tiles", 64, 32, 4), ("tiles", 32, 32, 4),
+    ("tiles", 32, 64, 2), ("tiles", 64, 64, 8), ("tiles", 16, 64, 2), ("rows", 22, 16, 4), ("rows", 11, 32, 4),
+    ("rows", 22, 32, 4), ("rows", 6, 64, 4)))
 
 
 @triton.jit
 def _silu(x, APPLY: tl.constexpr):
-    if APPLY:
+    """APPLY 0: x; 1: SiLU(x); 2: SiLU(x) with sigmoid(x) = (1 + tanh(x / 2)) / 2 from the GPU's one-instruction
+    tanh (tanh.approx.f32, relative error < 2^-10.9: below the bf16 rounding a separate SiLU pass adds). Inside the
+    depthwise kernel every input value's SiLU is recomputed per tap (9x for "tiles"), and the exact sigmoid's exp
+    and reciprocal (two special-function instructions) made that the kernel's limit (round 11)."""
+    if APPLY == 1:
         x = x * tl.sigmoid(x)
+    elif APPLY == 2:
+        t = tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=r,r", [x * 0.5], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+        x = x * (0.5 + 0.5 * t)
     return x
 
 
@@ -193,7 +203,9 @@ def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None, confi
     kind, size, block_c, warps, silu_inside = config or CONFIG
     if silu_input and not silu_inside:
         act = torch.nn.functional.silu(act)
-    common = {"HAS_BIAS": bias is not None, "SILU_IN": silu_input and silu_inside, "OUT_FP8": out_scale is not None,
+    # SiLU inside the kernel takes the one-instruction tanh on a GPU (the interpreter has no inline PTX)
+    silu_mode = (2 if act.is_cuda and not _INTERPRETED else 1) if silu_input and silu_inside else 0
+    common = {"HAS_BIAS": bias is not None, "SILU_IN": silu_mode, "OUT_FP8": out_scale is not None,
               "BLOCK_C": block_c, "num_warps": warps}
     unread = weight                                        # a pointer the kernel never reads (no bias / no FP8)
     scale = out_scale.float().reshape(()) if out_scale is not None else unread
