@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kernels.fp8_attention import attention_fp8
 from kernels.gdn_layer import gdn_layer, split_heads
 from kernels.prep import gdn_prep, ucpe_prep, ucpe_qkv_prep
 from runtime.cache import GDNBlockCache, SoftmaxBlockCache
@@ -182,6 +183,11 @@ class GDNAttention(CameraAttention):
 class SoftmaxAttention(CameraAttention):
     """Softmax attention main branch + UCPE softmax camera branch, with sink + window K/V when streaming."""
 
+    fp8_attention = ""
+    """Which attention operands to round to E4M3 (letters of "qkvp"; "" = none, the default): an emulated FP8
+    attention (`kernels.fp8_attention`, dynamic per-tensor scales) for measuring its quality
+    (`quant.enable_fp8_attention_`, bench/quant_quality.py); the official model attends in bf16."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, has_short_conv=False)
         self.main_scale = 1.0 / math.sqrt(cfg.main_softmax_scale_dim)
@@ -202,19 +208,24 @@ class SoftmaxAttention(CameraAttention):
             # 17: 0.909 ms instead of 0.978 ms for two calls: one launch of twice the query tiles fills the GPU's
             # last wave better).
             keys, values = cache.pair_context(km, vm, kc, vc)
-            both = F.scaled_dot_product_attention(torch.stack([qm, qc]).flatten(0, 1), keys.flatten(0, 1),
-                                                  values.flatten(0, 1), scale=self.main_scale)
+            both = self._attend(torch.stack([qm, qc]).flatten(0, 1), keys.flatten(0, 1), values.flatten(0, 1),
+                                None, self.main_scale)
             main, cam = both.unflatten(0, (2, -1)).unbind(0)
         else:
             if cache is not None:
                 km_all, vm_all, kc_all, vc_all = cache.context(km, vm, kc, vc)
             else:
                 km_all, vm_all, kc_all, vc_all = km, vm, kc, vc
-            main = F.scaled_dot_product_attention(qm, km_all, vm_all, attn_mask=mask, scale=self.main_scale)
-            cam = F.scaled_dot_product_attention(qc, kc_all, vc_all, attn_mask=mask, scale=self.cam_scale)
+            main = self._attend(qm, km_all, vm_all, mask, self.main_scale)
+            cam = self._attend(qc, kc_all, vc_all, mask, self.cam_scale)
         if cache is not None and ctx.write_cache:
             cache.write(km, vm, kc, vc)   # after the attention: the context may be a view of the slots it overwrites
         # Written token-major by the kernel: the projection reads it without a transposing copy.
         cam = ucpe_prep(cam.unflatten(2, (T, S)), ctx.rays, *ctx.cam_rope, "out", out_dtype=dtype, token_major=True)
         cam = self.out_proj_cam(cam.flatten(3))
         return self.combine(x, _tokens(main.unflatten(2, (T, S))), cam)
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+        if self.fp8_attention:
+            return attention_fp8(q, k, v, scale, attn_mask=mask, operands=self.fp8_attention)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
