@@ -5,7 +5,8 @@
 The tiny-world model is loaded in bf16, walks a fixed key path from the shipped start image, then the same model
 is quantized with the project's policy (`quant.quantize`, official scope, then the compact scope that also takes
 the camera / Plucker projections and the FFN temporal conv) and walks the same path with the same seed; FP8 also
-with static activation scales (max calibration on another walk, `fp8_static`), and with FP8 attention in the softmax
+with static activation scales (max calibration on another walk, `fp8_static`; over the official+tconv scope
+`fp8_static_tconv`), and with FP8 attention in the softmax
 blocks (`attn_fp8` on the bf16 model, `attn_fp8_<operand>_only` rounding one of q, k, v, p, `fp8_static_attn_fp8`
 on top of the static FP8 linears). Reported
 per format and scope: mean / min frame PSNR against the bf16 frames, and how many layers were quantized.
@@ -74,6 +75,11 @@ def run(chunks: int = 3, seed: int = 0) -> dict:
     calibrate_fp8_inputs(net, lambda: walk_frames(replace(base, model=net), CALIBRATION_WALK, chunks, seed + 1))
     frames = walk_frames(replace(base, model=net), WALK, chunks, seed)
     results["fp8_static"] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(net))}
+    # The same over the official+tconv scope (the FFN temporal conv in FP8 too).
+    tconv = quantize(copy.deepcopy(base.model), default_policy("fp8", "official+tconv"))
+    calibrate_fp8_inputs(tconv, lambda: walk_frames(replace(base, model=tconv), CALIBRATION_WALK, chunks, seed + 1))
+    frames = walk_frames(replace(base, model=tconv), WALK, chunks, seed)
+    results["fp8_static_tconv"] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(tconv))}
     # FP8 attention in the softmax blocks (E4M3 q, k, v and probabilities, `quant.enable_fp8_attention_`, emulated):
     # on the bf16 model with every operand rounded, then each operand alone (which rounding costs the quality),
     # then on top of the FP8 static linears.

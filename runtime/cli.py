@@ -350,15 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
     qz.add_argument("--in", dest="input", required=True, help="checkpoint (.safetensors / .pt)")
     qz.add_argument("--out", required=True, help="output .safetensors")
     qz.add_argument("--format", default="nvfp4", choices=["nvfp4", "fp8", "fp8_block"])
-    qz.add_argument("--scope", default="official", choices=["official", "compact"],
-                    help="official: the release's layers; compact: also the camera / Plucker projections and the "
-                         "FFN temporal conv (smaller, less accurate; docs/quantization.md)")
+    qz.add_argument("--scope", default="official", choices=["official", "official+tconv", "compact"],
+                    help="official: the release's layers; official+tconv: also the FFN temporal conv; compact: also "
+                         "the camera / Plucker projections (smaller, less accurate; docs/quantization.md)")
     qz.set_defaults(func=cmd_quantize)
 
     b = sub.add_parser("bench", help="streaming speed with random weights (GPU)")
     b.add_argument("--model", default="sana-wm-streaming", help="sana-wm-streaming, tiny-world or a config path")
     b.add_argument("--precision", default="bf16", choices=["bf16", "fp8", "nvfp4"])
-    b.add_argument("--scope", default="official", choices=["official", "compact"],
+    b.add_argument("--scope", default="official", choices=["official", "official+tconv", "compact"],
                    help="which layers fp8 / nvfp4 quantize (as `sana-wm quantize --scope`)")
     b.add_argument("--act-scales", default="dynamic", choices=["dynamic", "static"],
                    help="fp8 activations: dynamic per-token scales, or static per-tensor ones from max calibration "

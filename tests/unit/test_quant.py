@@ -36,6 +36,7 @@ from quant import (
     quantize_nvfp4,
     quantize_state_dict,
     quantized_modules,
+    select_modules,
 )
 from quant.fp8 import quantize_fp8_per_row, quantize_fp8_per_tensor
 from quant.gemm import fp8_linear, fp8_linear_ref, fp8_linear_scaled_mm, nvfp4_linear, nvfp4_linear_ref
@@ -563,6 +564,21 @@ def test_safetensors_round_trip(tmp_path, fmt):
     same = quantize(_tiny(seed=9).bfloat16(), policy)
     same.load_state_dict(loaded)
     assert torch.equal(same(x), y)
+
+
+def test_official_tconv_scope_adds_only_the_temporal_convs():
+    """official+tconv selects the official scope's layers plus each block's FFN temporal conv, and still leaves the
+    camera / Plucker projections and the embedders in high precision (the issue's precision policy)."""
+    from runtime.model import build_model
+
+    net = build_model("tiny-world", device="cpu", dtype=torch.float32, init="random", seed=0)
+    official = {name for name, _, _ in select_modules(net, default_policy("fp8", "official"))}
+    tconv = {name for name, _, _ in select_modules(net, default_policy("fp8", "official+tconv"))}
+    assert tconv - official == {f"blocks.{i}.mlp.t_conv" for i in range(len(net.blocks))}
+    assert official <= tconv
+    assert not any("cam" in n or "plucker" in n or "embedder" in n or n.startswith("t_block") for n in tconv)
+    model = quantize(copy.deepcopy(net), default_policy("fp8", "official+tconv"))
+    assert isinstance(model.blocks[0].mlp.t_conv, FP8TemporalConv)
 
 
 @pytest.mark.parametrize("fmt", ["nvfp4", "fp8_block"])  # weight-only formats: the decoded model is exact
