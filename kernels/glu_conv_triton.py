@@ -5,7 +5,8 @@ loads (the channels of a position are contiguous, so every load is a run of chan
 
 * "tiles" (`_depthwise_glu_tiles_kernel`), grid (position blocks of a frame, channel blocks, frames): for each of
   the 9 taps it loads the shifted [positions, channels] tiles of both GLU halves. A row neighbour sits W positions
-  away, outside a small position block, so an input element is fetched about 9 times from L1/L2.
+  away, outside a small position block, so an input element is fetched about 9 times from L1/L2. "tiles_rowloop"
+  is the same with the three tap rows as a loop the compiler keeps (fewer registers: more programs per SM).
 * "rows" (`_depthwise_glu_rows_kernel`), grid (channel blocks, frames, row segments): a program walks the rows of
   its segment (plus one halo row each side); each input row is loaded once per column shift (3 loads, mostly L1
   hits) and added into the three output rows it touches, held as rolling accumulators; an output row is stored
@@ -38,10 +39,14 @@ if os.environ.get("SANA_WM_GLU_CONFIG"):   # e.g. "rows,22,16,4,1": a launch cho
     _kind, *_ints = os.environ["SANA_WM_GLU_CONFIG"].split(",")
     CONFIG = (_kind, *(int(v) for v in _ints[:3]), _ints[3] == "1")
 CONFIG_CHOICES = tuple((*shape, inside) for inside in (False, True) for shape in (
-    # rounds 11 and 24 kept the ones worth another look; SiLU inside now takes the one-instruction tanh
-    ("tiles", 32, 64, 4), ("tiles", 16, 64, 4), ("tiles", 32, 128, 8), ("tiles", 64, 32, 4), ("tiles", 32, 32, 4),
-    ("tiles", 32, 64, 2), ("tiles", 64, 64, 8), ("tiles", 16, 64, 2), ("rows", 22, 16, 4), ("rows", 11, 32, 4),
-    ("rows", 22, 32, 4), ("rows", 6, 64, 4)))
+    # rounds 11, 24 and 25 kept the ones worth another look; SiLU inside takes the one-instruction tanh
+    ("tiles", 32, 64, 4), ("tiles", 16, 64, 4), ("tiles", 64, 32, 4), ("tiles", 32, 32, 4),
+    ("tiles_rowloop", 32, 64, 4), ("tiles_rowloop", 32, 64, 8), ("rows", 22, 16, 4))) + tuple(
+    # session 11, chosen by registers per thread (sm_90 compile without a GPU: 32 x 64 x 4 unrolled 156, row loop
+    # 126; 32 x 64 x 8 row loop 80): more warps per SM to hide the tap loads' latency
+    (*shape, False) for shape in (("tiles", 32, 64, 8), ("tiles", 16, 64, 8), ("tiles_rowloop", 16, 64, 4),
+                                  ("tiles_rowloop", 64, 64, 8), ("tiles_rowloop", 16, 64, 8),
+                                  ("tiles_rowloop", 64, 128, 8)))
 
 
 @triton.jit
@@ -68,6 +73,24 @@ def _output(out, p_scale, OUT_FP8: tl.constexpr):
 
 
 @triton.jit
+def _tiles_tap(acc_a, acc_g, base, p_w, i, j, c, p_ok, c_ok, H, W, M, s_ah, s_aw, s_wc, s_wr, s_ws, di, dj,
+               SILU_IN: tl.constexpr):
+    """Add tap (di, dj) (each in 0..2) of both GLU halves to the [positions, channels] accumulators."""
+    ii = i + (di - 1)
+    jj = j + (dj - 1)
+    ok = p_ok & (ii >= 0) & (ii < H) & (jj >= 0) & (jj < W)
+    row = ii.to(tl.int64) * s_ah + jj.to(tl.int64) * s_aw
+    mask = ok[:, None] & c_ok[None, :]
+    ptr = base + row[:, None] + c[None, :]
+    x_a = _silu(tl.load(ptr, mask=mask, other=0.0).to(tl.float32), SILU_IN)
+    x_g = _silu(tl.load(ptr + M, mask=mask, other=0.0).to(tl.float32), SILU_IN)
+    w_tap = p_w + c * s_wc + di * s_wr + dj * s_ws
+    acc_a += x_a * tl.load(w_tap, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    acc_g += x_g * tl.load(w_tap + M * s_wc, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    return acc_a, acc_g
+
+
+@triton.jit
 def _depthwise_glu_tiles_kernel(
     p_act, p_w, p_b, p_out, p_scale,
     H, W, M,
@@ -75,7 +98,7 @@ def _depthwise_glu_tiles_kernel(
     s_on, s_oh, s_ow,
     s_wc, s_wr, s_ws,
     HAS_BIAS: tl.constexpr, SILU_IN: tl.constexpr, OUT_FP8: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    BLOCK_C: tl.constexpr, ROW_LOOP: tl.constexpr,
 ):
     pid_p, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -87,18 +110,17 @@ def _depthwise_glu_tiles_kernel(
     base = p_act + n.to(tl.int64) * s_an
     acc_a = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     acc_g = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
-    for tap in tl.static_range(9):
-        ii = i + (tap // 3 - 1)
-        jj = j + (tap % 3 - 1)
-        ok = p_ok & (ii >= 0) & (ii < H) & (jj >= 0) & (jj < W)
-        row = ii.to(tl.int64) * s_ah + jj.to(tl.int64) * s_aw
-        mask = ok[:, None] & c_ok[None, :]
-        ptr = base + row[:, None] + c[None, :]
-        x_a = _silu(tl.load(ptr, mask=mask, other=0.0).to(tl.float32), SILU_IN)
-        x_g = _silu(tl.load(ptr + M, mask=mask, other=0.0).to(tl.float32), SILU_IN)
-        w_tap = p_w + c * s_wc + (tap // 3) * s_wr + (tap % 3) * s_ws
-        acc_a += x_a * tl.load(w_tap, mask=c_ok, other=0.0).to(tl.float32)[None, :]
-        acc_g += x_g * tl.load(w_tap + M * s_wc, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    if ROW_LOOP:
+        # The three tap rows as a loop the compiler keeps: only one row's loads are live at a time (fewer
+        # registers, more programs per SM), against all nine hoisted when unrolled.
+        for di in range(3):
+            for dj in tl.static_range(3):
+                acc_a, acc_g = _tiles_tap(acc_a, acc_g, base, p_w, i, j, c, p_ok, c_ok, H, W, M, s_ah, s_aw,
+                                          s_wc, s_wr, s_ws, di, dj, SILU_IN)
+    else:
+        for tap in tl.static_range(9):
+            acc_a, acc_g = _tiles_tap(acc_a, acc_g, base, p_w, i, j, c, p_ok, c_ok, H, W, M, s_ah, s_aw,
+                                      s_wc, s_wr, s_ws, tap // 3, tap % 3, SILU_IN)
     if HAS_BIAS:
         acc_a += tl.load(p_b + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
         acc_g += tl.load(p_b + M + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
@@ -211,9 +233,10 @@ def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None, confi
     scale = out_scale.float().reshape(()) if out_scale is not None else unread
     b = unread if b is None else b
     strides = (*act.stride()[:3], *out.stride()[:3], *w_strides)
-    if kind == "tiles":
+    if kind in ("tiles", "tiles_rowloop"):
         grid = (triton.cdiv(H * W, size), triton.cdiv(M, block_c), N)
-        _depthwise_glu_tiles_kernel[grid](act, weight, b, out, scale, H, W, M, *strides, BLOCK_P=size, **common)
+        _depthwise_glu_tiles_kernel[grid](act, weight, b, out, scale, H, W, M, *strides, BLOCK_P=size,
+                                          ROW_LOOP=kind == "tiles_rowloop", **common)
     elif kind == "rows":
         grid = (triton.cdiv(M, block_c), N, triton.cdiv(H, size))
         _depthwise_glu_rows_kernel[grid](act, weight, b, out, scale, H, W, M, *strides, ROWS=size,
