@@ -25,11 +25,14 @@ def test_bench_cpu_tiny_world_records_precision_and_scope(tmp_path, capsys):
 
 def test_bench_static_fp8_activation_scales(tmp_path, capsys):
     out = tmp_path / "bench.json"
+    # over the official+tconv scope: the FFN temporal convs' FP8 GEMMs get calibrated static scales too
     assert main(["bench", "--device", "cpu", "--model", "tiny-world", "--precision", "fp8", "--act-scales", "static",
-                 "--calib-chunks", "1", "--chunks", "1", "--warmup", "1", "--no-decode", "--json", str(out)]) == 0
+                 "--scope", "official+tconv", "--calib-chunks", "1", "--chunks", "1", "--warmup", "1", "--no-decode",
+                 "--json", str(out)]) == 0
     assert "activations static per tensor (max calibration, 1 chunks)" in capsys.readouterr().out
     r = json.loads(out.read_text())
     assert r["fp8_activation_scales"].startswith("static per tensor") and r["generator_ms_per_chunk_p50"] > 0
+    assert r["quant_scope"] == "official+tconv"
     assert main(["bench", "--device", "cpu", "--model", "tiny-world", "--act-scales", "static"]) == 2
     assert "fp8 option" in capsys.readouterr().err
 
