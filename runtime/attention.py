@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels.fp8_attention import attention_fp8
 from kernels.gdn_layer import gdn_layer, split_heads
 from kernels.prep import gdn_prep, ucpe_prep, ucpe_qkv_prep
+from quant.attention import attention_fp8
 from runtime.cache import GDNBlockCache, SoftmaxBlockCache
 from runtime.config import ModelConfig
 from runtime.norms import RMSNorm
@@ -185,7 +185,7 @@ class SoftmaxAttention(CameraAttention):
 
     fp8_attention = ""
     """Which attention operands to round to E4M3 (letters of "qkvp"; "" = none, the default): an emulated FP8
-    attention (`kernels.fp8_attention`, dynamic per-tensor scales) for measuring its quality
+    attention (`quant.attention`, dynamic per-tensor scales) for measuring its quality
     (`quant.enable_fp8_attention_`, bench/quant_quality.py); the official model attends in bf16."""
 
     def __init__(self, cfg: ModelConfig):

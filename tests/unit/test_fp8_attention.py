@@ -1,4 +1,4 @@
-"""FP8 attention for the softmax blocks, emulated (`kernels.fp8_attention`; an experiment, off by default, measured
+"""FP8 attention for the softmax blocks, emulated (`quant.attention`; an experiment, off by default, measured
 by bench/quant_quality.py): the arithmetic against exact attention, the dynamic per-tensor quantization, the
 switch on the model."""
 from __future__ import annotations
@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.fp8_attention import attention_fp8, quantize_per_tensor, sdpa_fp8_reference
+from quant.attention import attention_fp8, sdpa_fp8_reference
+from quant.fp8 import quantize_fp8_per_tensor
 from tests.tolerances import rel_err
 
 
@@ -17,13 +18,13 @@ def _qkv(seed=0, b=2, h=3, sq=40, skv=70, d=16):
             torch.randn(b, h, skv, d, generator=g) * 0.5)
 
 
-def test_per_tensor_quantization_round_trips_within_e4m3():
+def test_dynamic_per_tensor_quantization_round_trips_within_e4m3():
     x = torch.randn(5, 7, 11) * 3
-    x8, scale = quantize_per_tensor(x)
+    x8, scale = quantize_fp8_per_tensor(x)
     assert x8.dtype == torch.float8_e4m3fn and scale.dtype == torch.float32 and scale.numel() == 1
     assert float(x8.float().abs().max()) == 448.0                       # the amax maps to the top code
     assert rel_err(x8.float() * scale, x) < 0.04                        # 3 mantissa bits: ~2-3% RMS
-    zero8, one = quantize_per_tensor(torch.zeros(3))
+    zero8, one = quantize_fp8_per_tensor(torch.zeros(3))
     assert float(one) == 1.0 and not zero8.float().any()
 
 
@@ -33,7 +34,7 @@ def test_reference_equals_exact_attention_but_for_the_rounding_of_p():
     the logits as well (here ~2 standard deviations wide: ~8% relative error, the scale of what FP8 attention
     costs; bench/quant_quality.py measures it on the model's frames)."""
     q, k, v = _qkv()
-    (q8, sq), (k8, sk), (v8, sv) = (quantize_per_tensor(t) for t in (q, k, v))
+    (q8, sq), (k8, sk), (v8, sv) = (quantize_fp8_per_tensor(t) for t in (q, k, v))
     scale = 16 ** -0.5
     dequantized = F.scaled_dot_product_attention(q8.float() * sq, k8.float() * sk, v8.float() * sv, scale=scale)
     got = sdpa_fp8_reference(q8, k8, v8, sq, sk, sv, scale, out_dtype=torch.float32)
@@ -46,7 +47,7 @@ def test_reference_equals_exact_attention_but_for_the_rounding_of_p():
 
 def test_rounding_every_operand_is_the_fp8_kernel_arithmetic_and_each_alone_is_smaller():
     q, k, v = _qkv(seed=2)
-    (q8, sq), (k8, sk), (v8, sv) = (quantize_per_tensor(t) for t in (q, k, v))
+    (q8, sq), (k8, sk), (v8, sv) = (quantize_fp8_per_tensor(t) for t in (q, k, v))
     scale = 0.25
     full = sdpa_fp8_reference(q8, k8, v8, sq, sk, sv, scale, out_dtype=torch.float32)
     assert torch.equal(attention_fp8(q, k, v, scale), full)
@@ -68,7 +69,7 @@ def test_masked_attention_keeps_exact_attention():
 
 def test_bad_inputs_are_rejected():
     q, k, v = _qkv()
-    (q8, sq), (k8, sk), (v8, sv) = (quantize_per_tensor(t) for t in (q, k, v))
+    (q8, sq), (k8, sk), (v8, sv) = (quantize_fp8_per_tensor(t) for t in (q, k, v))
     with pytest.raises(ValueError, match="float8_e4m3fn"):
         sdpa_fp8_reference(q, k8, v8, sq, sk, sv, 0.25)
     with pytest.raises(ValueError, match="do not match"):
