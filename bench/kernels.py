@@ -319,13 +319,14 @@ def _depthwise_glu_case(config=None, silu_input=False):
     import torch.nn.functional as F
 
     from kernels.glu_conv_triton import depthwise_glu_triton
+    from runtime.ffn import depthwise_tap_major
 
     n, h, w, m = 3, 22, 40, 6720
     g = torch.Generator(device=DEVICE).manual_seed(0)
     act = torch.randn(n, h, w, 2 * m, device=DEVICE, generator=g).to(torch.bfloat16)
     weight = (torch.randn(2 * m, 1, 3, 3, device=DEVICE, generator=g) / 3).to(torch.bfloat16)
     bias = torch.randn(2 * m, device=DEVICE, generator=g).to(torch.bfloat16)
-    tap_major = weight.reshape(2 * m, 9).t().contiguous().t().reshape(weight.shape)   # as the compiled FFN stores it
+    tap_major = depthwise_tap_major(weight)                          # as the compiled FFN stores it
 
     def run(impl):
         if impl == "triton":

@@ -99,9 +99,13 @@ def store_depthwise_tap_major_(conv: nn.Conv2d) -> None:
     [9, C], so the depthwise + GLU kernel's per-tap load over a block of channels is one contiguous run instead of
     a stride-9 gather (the kernel reads the weight with its strides, either layout). `compile_blocks` applies it."""
     w = conv.weight
-    c = w.shape[0]
-    tap_major = w.detach().reshape(c, 9).t().contiguous().t().reshape(w.shape)
-    conv.weight = nn.Parameter(tap_major, requires_grad=w.requires_grad)
+    conv.weight = nn.Parameter(depthwise_tap_major(w.detach()), requires_grad=w.requires_grad)
+
+
+def depthwise_tap_major(weight: Tensor) -> Tensor:
+    """The same [C, 1, 3, 3] values with [9, C] memory (a copy)."""
+    c = weight.shape[0]
+    return weight.reshape(c, 9).t().contiguous().t().reshape(weight.shape)
 
 
 def is_tap_major(conv: nn.Conv2d) -> bool:
