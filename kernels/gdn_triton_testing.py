@@ -160,9 +160,10 @@ def compile_resources(kernel, constexprs: dict, arg_types: dict | None = None, *
 
 
 STREAMING_DIVISIBLE = tuple(f"stride_{t}{d}" for t in ("q", "k", "kr", "v", "qr") for d in ("b", "h", "t", "s")) + (
-    "S", "D", "DK", "DV")
+    "S", "D", "DK", "DV", "M", "s_an", "s_ah", "s_aw", "s_on", "s_oh", "s_ow", "s_wr", "s_ws")
 """Int arguments divisible by 16 at the streaming shape (S = 880, D = 112 and the strides of [B, H, T, S, D]
-tensors), which the JIT specializes on; beta's strides (H = 20 per token) and T are not."""
+tensors; the depthwise + GLU kernel's M = 6720 and channels-last strides), which the JIT specializes on; beta's
+strides (H = 20 per token) and T are not."""
 
 H100_SHARED_BYTES = 227 * 1024
 """Largest dynamic shared memory of one H100 thread block (a config above it fails to launch)."""
@@ -205,6 +206,17 @@ def default_resource_cases() -> list[tuple]:
     cases.append(("ucpe_qkv_prep", pt._ucpe_qkv_prep_kernel, token, bf16_in, pt._prep_warps(heads * 128), 3))
     cases.append(("ucpe_prep", pt._ucpe_prep_kernel, {"BLOCK_H": 32, "BLOCK_D": 128, "MODE": 1}, {},
                   pt._prep_warps(32 * 128), 3))
+    # The FFN's depthwise conv + GLU with its default launch, E4M3 out as the FP8 static path runs it (bf16 taps
+    # read tap-major: unit channel stride). Its former default, tiles 16 x 128, spills in this form.
+    from kernels import glu_conv_triton as gc
+
+    kind, size, block_c, warps, silu_inside = gc.CONFIG
+    if kind in gc.TILES_KINDS:
+        cases.append(("depthwise_glu", gc._depthwise_glu_tiles_kernel,
+                      {"HAS_BIAS": True, "SILU_IN": 2 if silu_inside else 0, "OUT_FP8": True, "BLOCK_P": size,
+                       "BLOCK_C": block_c, "s_wc": 1, "ROW_LOOP": kind != "tiles",
+                       "ROW_STAGES": gc.TILES_KINDS[kind]},
+                      {"p_act": "*bf16", "p_w": "*bf16", "p_b": "*bf16", "p_out": "*fp8e4nv"}, warps, 3))
     return cases
 
 

@@ -6,7 +6,8 @@ loads (the channels of a position are contiguous, so every load is a run of chan
 * "tiles" (`_depthwise_glu_tiles_kernel`), grid (position blocks of a frame, channel blocks, frames): for each of
   the 9 taps it loads the shifted [positions, channels] tiles of both GLU halves. A row neighbour sits W positions
   away, outside a small position block, so an input element is fetched about 9 times from L1/L2. "tiles_rowloop"
-  is the same with the three tap rows as a loop the compiler keeps (fewer registers: more programs per SM).
+  is the same with the three tap rows as a loop the compiler keeps (fewer registers: more programs per SM), and
+  "tiles_rowpipe" that loop software-pipelined (the next rows' tiles prefetched into shared memory).
 * "rows" (`_depthwise_glu_rows_kernel`), grid (channel blocks, frames, row segments): a program walks the rows of
   its segment (plus one halo row each side); each input row is loaded once per column shift (3 loads, mostly L1
   hits) and added into the three output rows it touches, held as rolling accumulators; an output row is stored
@@ -29,6 +30,10 @@ __all__ = ["CONFIG", "CONFIG_CHOICES", "depthwise_glu_triton"]
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
+TILES_KINDS = {"tiles": 1, "tiles_rowloop": 1, "tiles_rowpipe": 3}
+"""The tiles kernel's launch kinds: nine taps unrolled; the tap rows as a loop; the same loop software-pipelined
+(value: the loop's pipeline stages)."""
+
 CONFIG = ("tiles", 32, 64, 4, False)
 """(kind, positions or rows per program, channels per program, warps, SiLU of the input inside the kernel; when
 False a `silu_input` call first runs a separate SiLU pass). H200, round 24 (taps read tap-major, bf16): tiles
@@ -46,7 +51,9 @@ CONFIG_CHOICES = tuple((*shape, inside) for inside in (False, True) for shape in
     # 126; 32 x 64 x 8 row loop 80): more warps per SM to hide the tap loads' latency
     (*shape, False) for shape in (("tiles", 32, 64, 8), ("tiles", 16, 64, 8), ("tiles_rowloop", 16, 64, 4),
                                   ("tiles_rowloop", 64, 64, 8), ("tiles_rowloop", 16, 64, 8),
-                                  ("tiles_rowloop", 64, 128, 8)))
+                                  ("tiles_rowloop", 64, 128, 8), ("tiles_rowpipe", 32, 64, 4),
+                                  ("tiles_rowpipe", 32, 64, 8), ("tiles_rowpipe", 64, 64, 8),
+                                  ("tiles_rowpipe", 16, 64, 4)))
 
 
 @triton.jit
@@ -98,7 +105,7 @@ def _depthwise_glu_tiles_kernel(
     s_on, s_oh, s_ow,
     s_wc, s_wr, s_ws,
     HAS_BIAS: tl.constexpr, SILU_IN: tl.constexpr, OUT_FP8: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_C: tl.constexpr, ROW_LOOP: tl.constexpr,
+    BLOCK_C: tl.constexpr, ROW_LOOP: tl.constexpr, ROW_STAGES: tl.constexpr,
 ):
     pid_p, pid_c, n = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -112,8 +119,10 @@ def _depthwise_glu_tiles_kernel(
     acc_g = tl.zeros([BLOCK_P, BLOCK_C], dtype=tl.float32)
     if ROW_LOOP:
         # The three tap rows as a loop the compiler keeps: only one row's loads are live at a time (fewer
-        # registers, more programs per SM), against all nine hoisted when unrolled.
-        for di in range(3):
+        # registers, more programs per SM), against all nine hoisted when unrolled. ROW_STAGES > 1 lets Triton's
+        # pipeliner prefetch the next rows' tiles into shared memory asynchronously (cp.async) while this row
+        # computes (sm_90 compile: 32 x 64 x 4 takes 90 registers and 50 KB of shared memory with 3 stages).
+        for di in tl.range(3, num_stages=ROW_STAGES):
             for dj in tl.static_range(3):
                 acc_a, acc_g = _tiles_tap(acc_a, acc_g, base, p_w, i, j, c, p_ok, c_ok, H, W, M, s_ah, s_aw,
                                           s_wc, s_wr, s_ws, di, dj, SILU_IN)
@@ -233,10 +242,10 @@ def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None, confi
     scale = out_scale.float().reshape(()) if out_scale is not None else unread
     b = unread if b is None else b
     strides = (*act.stride()[:3], *out.stride()[:3], *w_strides)
-    if kind in ("tiles", "tiles_rowloop"):
+    if kind in TILES_KINDS:
         grid = (triton.cdiv(H * W, size), triton.cdiv(M, block_c), N)
         _depthwise_glu_tiles_kernel[grid](act, weight, b, out, scale, H, W, M, *strides, BLOCK_P=size,
-                                          ROW_LOOP=kind == "tiles_rowloop", **common)
+                                          ROW_LOOP=kind != "tiles", ROW_STAGES=TILES_KINDS[kind], **common)
     elif kind == "rows":
         grid = (triton.cdiv(M, block_c), N, triton.cdiv(H, size))
         _depthwise_glu_rows_kernel[grid](act, weight, b, out, scale, H, W, M, *strides, ROWS=size,

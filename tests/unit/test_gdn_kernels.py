@@ -497,8 +497,8 @@ def test_prep_shape_errors():
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_TRITON, reason="needs triton")
 def test_default_launch_configs_fit_an_h100_without_spills():
-    """Every kernel at the model's head dim, default launch config: shared memory within an H100 block's
-    limit and no register spills. Runs in a subprocess because this module may have switched the Triton
+    """Every kernel at the model's head dim (and the FFN's depthwise + GLU kernel at the model's width), default
+    launch config: shared memory within an H100 block's limit and no register spills. Runs in a subprocess because this module may have switched the Triton
     interpreter on, and interpreted kernels cannot be compiled."""
     import json
     import subprocess
