@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Round 27 (prepared in session 11 after its device time ran out; ~7 min, carry .whl with diffusers):
-#   1. GPU tests: the depthwise + GLU kernel at every sweep choice (the new tiles_rowloop kind included), the
+#   1. GPU tests: the depthwise + GLU kernel at every sweep choice (the new row-loop kinds included), the
 #      compiled full config against eager
-#   2. the depthwise launch sweep (tiles_rowloop and 8-warp shapes new: fewer registers per thread)
+#   2. the depthwise launch sweep (new: tiles_rowloop, tiles_rowpipe (software-pipelined row loop) and 8-warp
+#      shapes: fewer registers per thread, more warps per SM)
 #   3. FP8 static generator, official scope, default launch (round 26: 146.6 ms/chunk)
 #   4. FP8 static generator over the official+tconv scope (the FFN temporal conv in FP8 too; quality on the
 #      shipped model 39.46 vs 39.71 dB): expected ~3 ms less (the temporal conv's bf16 GEMMs ~9 ms per chunk)
