@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Round 27 (prepared in session 11 after its device time ran out; ~7 min, carry .whl with diffusers):
+# Round 27 (prepared in session 11 after its device time ran out; ~8-9 min, carry .whl with diffusers; the GPU
+# tests now cover 24 launch choices x 2 SiLU placements at full shape):
 #   1. GPU tests: the depthwise + GLU kernel at every sweep choice (the new row-loop kinds included), the
 #      compiled full config against eager
 #   2. the depthwise launch sweep (new: tiles_rowloop, tiles_rowpipe (software-pipelined row loop) and 8-warp
@@ -11,7 +12,7 @@
 source bench/gpu_setup.sh
 {
 echo "== GPU tests"
-timeout 220 python3 -m pytest tests/gpu/test_glu_conv_gpu.py tests/gpu/test_streaming_gpu.py \
+timeout 260 python3 -m pytest tests/gpu/test_glu_conv_gpu.py tests/gpu/test_streaming_gpu.py \
   -q -p no:cacheprovider -k "glu or prequantized or compiled_graph_step" -rfE 2>&1 \
   | grep -E "passed|failed|FAILED|Error|assert" | tail -12
 echo "== depthwise sweep"
