@@ -71,15 +71,14 @@ def run(chunks: int = 3, seed: int = 0) -> dict:
     # different walk and seed than the one measured.
     from quant.calibrate import calibrate_fp8_inputs
 
-    net = quantize(copy.deepcopy(base.model), default_policy("fp8", "official"))
-    calibrate_fp8_inputs(net, lambda: walk_frames(replace(base, model=net), CALIBRATION_WALK, chunks, seed + 1))
-    frames = walk_frames(replace(base, model=net), WALK, chunks, seed)
-    results["fp8_static"] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(net))}
-    # The same over the official+tconv scope (the FFN temporal conv in FP8 too).
-    tconv = quantize(copy.deepcopy(base.model), default_policy("fp8", "official+tconv"))
-    calibrate_fp8_inputs(tconv, lambda: walk_frames(replace(base, model=tconv), CALIBRATION_WALK, chunks, seed + 1))
-    frames = walk_frames(replace(base, model=tconv), WALK, chunks, seed)
-    results["fp8_static_tconv"] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(tconv))}
+    # Over the official scope, then official+tconv (the FFN temporal conv in FP8 too).
+    static = {}
+    for scope, key in (("official", "fp8_static"), ("official+tconv", "fp8_static_tconv")):
+        static[scope] = net = quantize(copy.deepcopy(base.model), default_policy("fp8", scope))
+        calibrate_fp8_inputs(net, lambda n=net: walk_frames(replace(base, model=n), CALIBRATION_WALK, chunks,
+                                                            seed + 1))
+        frames = walk_frames(replace(base, model=net), WALK, chunks, seed)
+        results[key] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(net))}
     # FP8 attention in the softmax blocks (E4M3 q, k, v and probabilities, `quant.enable_fp8_attention_`, emulated):
     # on the bf16 model with every operand rounded, then each operand alone (which rounding costs the quality),
     # then on top of the FP8 static linears.
@@ -90,6 +89,7 @@ def run(chunks: int = 3, seed: int = 0) -> dict:
         enable_fp8_attention_(attn_only, operands)
         key = "attn_fp8" if operands == "qkvp" else f"attn_fp8_{operands}_only"
         results[key] = frame_psnr(walk_frames(replace(base, model=attn_only), WALK, chunks, seed), ref)
+    net = static["official"]
     enable_fp8_attention_(net)
     frames = walk_frames(replace(base, model=net), WALK, chunks, seed)
     results["fp8_static_attn_fp8"] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(net))}

@@ -229,7 +229,6 @@ def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None, confi
     # The taps and bias are read as stored (any strides, any float dtype; no per-call fp32 copies, two kernels
     # each call). The FFN's compiled path stores the taps tap-major (runtime.ffn.store_depthwise_tap_major_): each
     # tap's per-channel load is then one contiguous run.
-    b = bias if bias is None or bias.stride(0) == 1 else bias.contiguous()
     w_strides = (weight.stride(0), weight.stride(2), weight.stride(3))
     kind, size, block_c, warps, silu_inside = config or CONFIG
     if silu_input and not silu_inside:
@@ -240,7 +239,7 @@ def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None, confi
               "BLOCK_C": block_c, "num_warps": warps}
     unread = weight                                        # a pointer the kernel never reads (no bias / no FP8)
     scale = out_scale.float().reshape(()) if out_scale is not None else unread
-    b = unread if b is None else b
+    b = unread if bias is None else (bias if bias.stride(0) == 1 else bias.contiguous())
     strides = (*act.stride()[:3], *out.stride()[:3], *w_strides)
     if kind in TILES_KINDS:
         grid = (triton.cdiv(H * W, size), triton.cdiv(M, block_c), N)

@@ -35,15 +35,29 @@ def _check(q: Tensor, k: Tensor, v: Tensor, scales) -> None:
             raise ValueError(f"sdpa_fp8: scales must be float32 scalar tensors, got {s.dtype} {tuple(s.shape)}")
 
 
+def _check_operands(operands: str, who: str) -> None:
+    if not set(operands) <= set("qkvp"):
+        raise ValueError(f"{who}: operands must be letters of 'qkvp', got {operands!r}")
+
+
+def _softmax_numerator(s: Tensor) -> tuple[Tensor, Tensor]:
+    """(exp(s - row max), its row sum): each row's probabilities relative to its maximum, unnormalised."""
+    p = torch.exp(s - s.amax(dim=-1, keepdim=True))
+    return p, p.sum(dim=-1, keepdim=True)
+
+
+def _round_p(p: Tensor) -> Tensor:
+    """p in (0, 1] rounded to E4M3 after scaling by P_SCALE (the result stays scaled)."""
+    return (p * P_SCALE).to(torch.float8_e4m3fn).float()
+
+
 def sdpa_fp8_reference(q: Tensor, k: Tensor, v: Tensor, descale_q: Tensor, descale_k: Tensor, descale_v: Tensor,
                        scale: float, out_dtype: torch.dtype = torch.bfloat16) -> Tensor:
     """softmax(q k^T * scale) v from E4M3 inputs with P rounded to E4M3 (see the module docstring). [B, H, Sq, D]."""
     _check(q, k, v, (descale_q, descale_k, descale_v))
     s = (q.float() @ k.float().transpose(-1, -2)) * (descale_q * descale_k * scale)
-    p = torch.exp(s - s.amax(dim=-1, keepdim=True))
-    row_sum = p.sum(dim=-1, keepdim=True)
-    p8 = (p * P_SCALE).to(torch.float8_e4m3fn).float()
-    out = (p8 @ v.float()) * (descale_v / P_SCALE) / row_sum
+    p, row_sum = _softmax_numerator(s)
+    out = (_round_p(p) @ v.float()) * (descale_v / P_SCALE) / row_sum
     return out.to(out_dtype)
 
 
@@ -58,8 +72,7 @@ def attention_fp8(q: Tensor, k: Tensor, v: Tensor, scale: float, attn_mask: Tens
     if set(operands) == set("qkvp"):
         (q8, sq), (k8, sk), (v8, sv) = (quantize_fp8_per_tensor(t) for t in (q, k, v))
         return sdpa_fp8_reference(q8, k8, v8, sq, sk, sv, scale, out_dtype=q.dtype)
-    if not set(operands) <= set("qkvp"):
-        raise ValueError(f"attention_fp8: operands must be letters of 'qkvp', got {operands!r}")
+    _check_operands(operands, "attention_fp8")
 
     def rounded(x: Tensor, name: str) -> Tensor:
         if name not in operands:
@@ -68,10 +81,9 @@ def attention_fp8(q: Tensor, k: Tensor, v: Tensor, scale: float, attn_mask: Tens
         return x8.float() * s
 
     s = (rounded(q, "q") @ rounded(k, "k").transpose(-1, -2)) * scale
-    p = torch.exp(s - s.amax(dim=-1, keepdim=True))
-    row_sum = p.sum(dim=-1, keepdim=True)
+    p, row_sum = _softmax_numerator(s)
     if "p" in operands:
-        p = (p * P_SCALE).to(torch.float8_e4m3fn).float() / P_SCALE
+        p = _round_p(p) / P_SCALE
     return ((p @ rounded(v, "v")) / row_sum).to(q.dtype)
 
 
@@ -81,8 +93,7 @@ def enable_fp8_attention_(model: nn.Module, operands: str = "qkvp") -> int:
     and p are rounded ("" switches it off). Cross-attention stays bf16. Returns how many blocks it set."""
     from runtime.attention import SoftmaxAttention
 
-    if not set(operands) <= set("qkvp"):
-        raise ValueError(f"enable_fp8_attention_: operands must be letters of 'qkvp', got {operands!r}")
+    _check_operands(operands, "enable_fp8_attention_")
     blocks = [m for m in model.modules() if isinstance(m, SoftmaxAttention)]
     for attn in blocks:
         attn.fp8_attention = operands
