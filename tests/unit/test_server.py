@@ -394,7 +394,8 @@ def test_disconnect_mid_chunk_frees_the_session(small_gen):
         with client(server) as warm:                       # one-time caches (prompt embedding, ...) settle
             warm.open_session(image=png_bytes(64, 96), prompt="p", seed=2)
             step_walk(warm)
-        wait_for(lambda: server.session_count() == 1)
+        # a connection leaves the table only after its session's close() returned (the session leaves first)
+        wait_for(lambda: server.connection_count() == 1, what="the warm-up connection to finish closing")
         tensors_before = torch_tensor_count()
 
         # 1) gone while its chunk computes: the chunk finishes, the reply fails, the session is closed.
@@ -405,7 +406,7 @@ def test_disconnect_mid_chunk_frees_the_session(small_gen):
         r.send(step_poses_message(WALK[:25]))
         time.sleep(0.1)
         r.close()
-        wait_for(lambda: server.session_count() == 1, what="the dropped session to close")
+        wait_for(lambda: server.connection_count() == 1, what="the dropped connection to finish closing")
         gc.collect()
         assert world() is None, "the WorldSession of a dropped client is still referenced"
 
@@ -423,10 +424,12 @@ def test_disconnect_mid_chunk_frees_the_session(small_gen):
         r.close()
         assert busy.recv()["type"] == "chunk"
         busy.close()
-        wait_for(lambda: server.session_count() == 1, what="sessions to close")
+        wait_for(lambda: server.connection_count() == 1, what="the connections to finish closing")
         assert server.stats["abandoned"] == 1 and server.stats["steps"] == steps + 1
 
-        assert torch_tensor_count() <= tensors_before, "tensors leaked by dropped sessions"
+        # A serving thread may hold its last reply a moment after leaving the table; a leak stays for good.
+        wait_for(lambda: torch_tensor_count() <= tensors_before, timeout=10.0,
+                 what=f"the tensors of dropped sessions to be freed (more than {tensors_before} live)")
         step_walk(keeper)                                                    # the other session kept working
         assert server.stats["error:internal"] == 0
 
