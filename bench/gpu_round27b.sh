@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
-# Round 27b (prepared in session 11; ~9 min, run right after round 27 while the machine is warm):
-#   1. inductor's coordinate-descent tuning of its own Triton kernels (the LayerNorm + modulate + quantize
-#      reductions at ~1 TB/s, the gates, the short convs: ~19 ms of kernels per chunk) on the FP8 static
-#      generator; round 26 gave it 210 s and its compile did not finish: 450 s here
-#   2. the FP8 static profile over the official+tconv scope (two chunks)
+# Round 27b (prepared in sessions 11-12; ~9 min, run right after round 27 while the machine is warm):
+#   1. the stacked input projections' share: the FP8 static generator (official+tconv) with
+#      SANA_WM_STACK_INPUTS=0 (qkv, output gate and beta as three GEMMs, as before session 12), against round 27's
+#   2. inductor's GEMM autotuning (TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1): its Triton templates for torch._scaled_mm
+#      / addmm against cuBLAS, with pointwise epilogues fused into a chosen template. The FFN's SiLU pass after the
+#      inverted conv's GEMM alone is 37 us x 100 calls per chunk (round-25 profile), and the stacked projections'
+#      rescale and the output gate's SiLU could ride along.
 # Put SANA_WM_GLU_CONFIG=<round 27's fastest> in front of both commands if round 27 found a faster launch.
 source bench/gpu_setup.sh
 {
-echo "== generator alone, fp8 static official+tconv + compile, TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1"
-TORCHINDUCTOR_COORDINATE_DESCENT_TUNING=1 timeout 450 python3 -m runtime.cli bench --precision fp8 \
-  --act-scales static --scope official+tconv --chunks 8 --warmup 3 --compile --no-decode \
-  --json $OUT/bench_fp8_static_tconv_cdt.json 2>&1 | grep -v "Warn\|W12\|_warn\|warnings.warn" | tail -7
-echo "== fp8 static official+tconv profile"
-timeout 120 python3 -m runtime.cli bench --precision fp8 --act-scales static --scope official+tconv --chunks 2 \
-  --warmup 2 --compile --no-decode --profile $OUT/profile_fp8_static_tconv.txt --json /tmp/p.json 2>&1 | tail -1
+echo "== generator alone, fp8 static official+tconv + compile, SANA_WM_STACK_INPUTS=0"
+SANA_WM_STACK_INPUTS=0 timeout 150 python3 -m runtime.cli bench --precision fp8 --act-scales static \
+  --scope official+tconv --chunks 8 --warmup 3 --compile --no-decode \
+  --json $OUT/bench_fp8_static_tconv_unstacked.json 2>&1 | grep -v "Warn\|W12\|_warn\|warnings.warn" | tail -7
+echo "== generator alone, fp8 static official+tconv + compile, TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1"
+TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 timeout 400 python3 -m runtime.cli bench --precision fp8 --act-scales static \
+  --scope official+tconv --chunks 8 --warmup 3 --compile --no-decode \
+  --json $OUT/bench_fp8_static_tconv_autotune_gemm.json 2>&1 | grep -v "Warn\|W12\|_warn\|warnings.warn" | tail -7
 } 2>&1 | tee $OUT/log

@@ -19,6 +19,7 @@ FP8 E4M3 weights
                             per-block weights keep activations unquantized (W8A16)
     fp8_linear_scaled_mm    torch._scaled_mm: per-tensor weight scale, activations quantized on the fly per token
                             (row-wise scales, one Triton pass on CUDA) or with the static input_scale
+    fp8_linear_stacked      several per-tensor layers that read the same input as one torch._scaled_mm
     fp8_linear              dispatch (per-block weights on CUDA: dequantize + cuBLAS)
 """
 from __future__ import annotations
@@ -475,6 +476,21 @@ FP8_FAST_ACCUM = os.environ.get("SANA_WM_FP8_FAST_ACCUM", "1") != "0"
 FP8_ACT_QUANT = os.environ.get("SANA_WM_FP8_ACT_QUANT", "inductor")
 
 
+def _fp8_activations(x2: torch.Tensor, input_scale: torch.Tensor | None, prequantized: bool
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """[M, K] activations -> (E4M3 [M, K], fp32 scale: [] static, [M, 1] per token) for torch._scaled_mm."""
+    if prequantized:
+        return x2, input_scale.float().reshape(())
+    if input_scale is not None:
+        return quantize_fp8_per_tensor(x2, input_scale)
+    # Per-token scales: one fused pass on CUDA (see FP8_ACT_QUANT under torch.compile).
+    if not (x2.is_cuda and HAS_TRITON):
+        return quantize_fp8_per_row(x2)
+    if torch.compiler.is_compiling():
+        return quantize_fp8_per_row(x2) if FP8_ACT_QUANT == "inductor" else _fp8_quantize_rows_op(x2)
+    return fp8_quantize_rows_triton(x2)
+
+
 def fp8_linear_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,
                          bias: torch.Tensor | None = None, input_scale: torch.Tensor | None = None,
                          out_dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -498,22 +514,63 @@ def fp8_linear_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: to
         bias = None if bias is None else F.pad(bias, (0, n_pad))
     x2 = x.reshape(-1, k)
     w_scale = weight_scale.float().reshape(())
-    if prequantized:
-        xq, sx = x2, input_scale.float().reshape(())
-    elif input_scale is not None:
-        xq, sx = quantize_fp8_per_tensor(x2, input_scale)
-    else:
-        # Per-token scales: one fused pass on CUDA, and row-wise _scaled_mm takes the weight scale per column.
-        if not (x2.is_cuda and HAS_TRITON):
-            xq, sx = quantize_fp8_per_row(x2)
-        elif torch.compiler.is_compiling():
-            xq, sx = quantize_fp8_per_row(x2) if FP8_ACT_QUANT == "inductor" else _fp8_quantize_rows_op(x2)
-        else:
-            xq, sx = fp8_quantize_rows_triton(x2)
+    xq, sx = _fp8_activations(x2, input_scale, prequantized)
+    if input_scale is None:   # row-wise _scaled_mm (per-token x scales) takes the weight scale per column
         w_scale = w_scale.expand(1, n + n_pad).contiguous()
     y = torch._scaled_mm(xq, weight.t(), sx, w_scale, bias=None if bias is None else bias.to(out_dtype),
                          out_dtype=out_dtype, use_fast_accum=FP8_FAST_ACCUM)
     return y[:, :n].reshape(*x.shape[:-1], n)   # a view (padded or not)
+
+
+def fp8_linear_stacked(x: torch.Tensor, weight: torch.Tensor, weight_scales: list[torch.Tensor],
+                       sizes: list[int], biases: list[torch.Tensor | None],
+                       input_scale: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Per-tensor FP8 linears that read the same x (one shared static input_scale, or none: per-token scales) as
+    one GEMM. weight: float8_e4m3fn [N, K], their weights stacked row-wise (sum(sizes) rows, then zero rows up to a
+    multiple of 16); weight_scales: their fp32 scalar scales; biases: theirs (None where a layer has none).
+    Returns one [..., n_i] output in x.dtype per layer (views of one GEMM output where no rescale is needed):
+    - per-token activation scales: row-wise torch._scaled_mm with each column's own weight scale and the biases in
+      its epilogue: the arithmetic of separate fp8_linear calls;
+    - static input_scale: per-tensor torch._scaled_mm at the first layer's weight scale; every other layer's
+      output is multiplied by its scale ratio (and gets its bias) after, in fp32 (one more bf16 rounding than a
+      separate call: within bf16 tolerance; under torch.compile the consumer's kernel absorbs it).
+    Off CUDA (or below sm_89) the same arithmetic runs in fp32 in place of torch._scaled_mm."""
+    n_rows, k = weight.shape
+    if sum(sizes) > n_rows or n_rows % 16 or k % 16:
+        raise ValueError(f"fp8_linear_stacked: weight {tuple(weight.shape)} must hold sum(sizes) = {sum(sizes)} "
+                         "rows padded to a multiple of 16, with K a multiple of 16")
+    out_dtype = x.dtype
+    if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        raise TypeError(f"fp8_linear_stacked: x must be a float tensor, got {x.dtype}")
+    x2 = x.reshape(-1, k)
+    xq, sx = _fp8_activations(x2, input_scale, prequantized=False)
+    static = input_scale is not None
+    scales = [s.float().reshape(()) for s in weight_scales]
+    if static:
+        w_scale, bias = scales[0], None
+    else:
+        pad = n_rows - sum(sizes)
+        w_scale = torch.cat([s.expand(n) for s, n in zip(scales, sizes)] + [scales[0].expand(pad)]).reshape(1, -1)
+        bias = None
+        if any(b is not None for b in biases):
+            zeros = x.new_zeros(n_rows)
+            bias = torch.cat([zeros[:n] if b is None else b.to(out_dtype) for b, n in zip(biases, sizes)]
+                             + [zeros[:pad]])
+    if x2.is_cuda and out_dtype != torch.float32 and _capability(x2.device) >= (8, 9):
+        y = torch._scaled_mm(xq, weight.t(), sx, w_scale, bias=bias, out_dtype=out_dtype,
+                             use_fast_accum=FP8_FAST_ACCUM)
+    else:   # torch._scaled_mm's arithmetic in fp32: scale the fp32 product, add the bias, round once
+        y = (xq.float() @ weight.float().t()) * (sx * w_scale)
+        y = (y if bias is None else y + bias.float()).to(out_dtype)
+    outs, start = [], 0
+    for i, (n, b) in enumerate(zip(sizes, biases)):
+        part = y[:, start:start + n]
+        start += n
+        if static and (i > 0 or b is not None):
+            part = part.float() * (scales[i] / scales[0])
+            part = (part if b is None else part + b.float()).to(out_dtype)
+        outs.append(part.reshape(*x.shape[:-1], n))
+    return outs
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor,

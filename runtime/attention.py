@@ -20,6 +20,7 @@ from runtime.cache import GDNBlockCache, SoftmaxBlockCache
 from runtime.config import ModelConfig
 from runtime.norms import RMSNorm
 from runtime.short_conv import bidirectional_short_conv, next_left_context
+from runtime.stacked_linear import StackedLinears
 
 # SiLU(1.278464542761074) = 1: the output gate starts as identity.
 OUTPUT_GATE_BIAS = 1.278464542761074
@@ -89,16 +90,40 @@ class CameraAttention(nn.Module):
                 with torch.no_grad():
                     conv.weight[:, 0, -1] = 1.0
 
-    def gates(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """beta [B, H, T, S] per token and decay g [B, H, T] per frame, from the block input."""
-        beta = torch.sigmoid(self.beta_proj(x).float()).permute(0, 3, 1, 2)
+    _input_stack: StackedLinears | None = None
+    """The projections of the block input as one GEMM (`stack_input_projections_`), or None."""
+
+    def _input_layers(self) -> list[nn.Module]:
+        """The linear layers that read the block input x, in `input_projections`' order (the GDN gate_proj reads
+        its frame mean instead)."""
+        return [self.qkv, self.output_gate]
+
+    def input_projections(self, x: Tensor) -> list[Tensor]:
+        """[qkv(x), output_gate(x), ...] (see `_input_layers`): one GEMM when stacked."""
+        if self._input_stack is not None:
+            return self._input_stack(x)
+        return [m(x) for m in self._input_layers()]
+
+    def stack_input_projections_(self) -> bool:
+        """Stack the layers that read the block input (`_input_layers`) into one GEMM (runtime.stacked_linear:
+        their weights become views of one matrix; same names, shapes and values). `compile_blocks` does this, after
+        any FP8 calibration. Returns whether it stacked (plain bf16 / fp32 layers, or per-tensor FP8 layers with
+        one input scale; NVFP4 layers keep their own GEMMs)."""
+        self._input_stack = StackedLinears.stack(self._input_layers())
+        return self._input_stack is not None
+
+    def gates(self, x: Tensor, beta_logits: Tensor) -> tuple[Tensor, Tensor]:
+        """beta [B, H, T, S] per token (from beta_proj(x), `beta_logits`) and decay g [B, H, T] per frame, from
+        the block input."""
+        beta = torch.sigmoid(beta_logits.float()).permute(0, 3, 1, 2)
         pooled = self.gate_proj(x.mean(dim=2)).float()                     # [B, T, H]
         g = torch.exp(-torch.exp(self.A_log.float()) * F.softplus(pooled + self.dt_bias.float()))
         return beta, g.permute(0, 2, 1)
 
-    def combine(self, x: Tensor, main: Tensor, cam: Tensor) -> Tensor:
-        gate = F.silu(self.output_gate(x).float())
-        return self.proj(((main.float() + cam.float()) * gate).to(x.dtype))
+    def combine(self, gate_logits: Tensor, main: Tensor, cam: Tensor) -> Tensor:
+        """proj((main + cam) * SiLU(output_gate(x))), with `gate_logits` = output_gate(x)."""
+        gate = F.silu(gate_logits.float())
+        return self.proj(((main.float() + cam.float()) * gate).to(gate_logits.dtype))
 
     def fuse_camera_projections_(self) -> bool:
         """Store q/k/v_proj_cam's weights and biases as row blocks of one [3 C, C] matrix (the three parameters
@@ -121,8 +146,11 @@ class CameraAttention(nn.Module):
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
-        if getattr(self, "_camera_qkv", None) is not None:   # .to() / .cuda() converted the views one by one
+        # .to() / .cuda() converted the views one by one: stack them again
+        if getattr(self, "_camera_qkv", None) is not None:
             self.fuse_camera_projections_()
+        if self._input_stack is not None:
+            self.stack_input_projections_()
         return out
 
     def camera_projections(self, x: Tensor, ctx: FrameContext, chunks_conv: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -152,15 +180,19 @@ class GDNAttention(CameraAttention):
         super().__init__(cfg, has_short_conv=True)
         self.key_scale = 1.0 / math.sqrt(cfg.head_dim * cfg.tokens_per_frame)
 
+    def _input_layers(self) -> list[nn.Module]:
+        return [self.qkv, self.output_gate, self.beta_proj]
+
     def forward(self, x: Tensor, ctx: FrameContext, cache: GDNBlockCache | None = None) -> Tensor:
         """x [B, T, S, C] (modulated block input) -> [B, T, S, C]."""
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        qkv, gate_logits, beta_logits = self.input_projections(x)
+        q, k, v = qkv.chunk(3, dim=-1)
         write = cache is not None and ctx.write_cache
         k_conv = bidirectional_short_conv(k, self.conv_k.weight, ctx.chunks, causal_across_chunks=True,
                                           left_context=None if cache is None else cache.conv_k)
         if write:
             cache.conv_k.copy_(next_left_context(k, cache.conv_k))
-        beta, g = self.gates(x)
+        beta, g = self.gates(x, beta_logits)
         qc, kc, vc = self.camera_projections(x, ctx, chunks_conv=True)
         # Both branches' preps and scans in one op (concurrent on the GPU). Prep outputs in the model's dtype: bf16
         # on the GPU halves their traffic and gives the scans their bf16 tensor-core path (fp32 inputs would take
@@ -177,7 +209,7 @@ class GDNAttention(CameraAttention):
             cache.z.copy_(final[1])
             cache.cam_state.copy_(final[2])
         # Both outputs come token-major in the model's dtype: the projections read them without a copy.
-        return self.combine(x, main.flatten(3), self.out_proj_cam(cam.flatten(3)))
+        return self.combine(gate_logits, main.flatten(3), self.out_proj_cam(cam.flatten(3)))
 
 
 class SoftmaxAttention(CameraAttention):
@@ -195,7 +227,8 @@ class SoftmaxAttention(CameraAttention):
 
     def forward(self, x: Tensor, ctx: FrameContext, cache: SoftmaxBlockCache | None = None) -> Tensor:
         T, S = x.shape[1:3]
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        qkv, gate_logits = self.input_projections(x)
+        q, k, v = qkv.chunk(3, dim=-1)
         _, _, q_rot, k_rot = gdn_prep(q, k, self.q_norm.weight, self.k_norm.weight, *ctx.rope,
                                       num_heads=self.num_heads, key_scale=1.0, relu=False, out_dtype=x.dtype)
         dtype = x.dtype
@@ -223,7 +256,7 @@ class SoftmaxAttention(CameraAttention):
         # Written token-major by the kernel: the projection reads it without a transposing copy.
         cam = ucpe_prep(cam.unflatten(2, (T, S)), ctx.rays, *ctx.cam_rope, "out", out_dtype=dtype, token_major=True)
         cam = self.out_proj_cam(cam.flatten(3))
-        return self.combine(x, _tokens(main.unflatten(2, (T, S))), cam)
+        return self.combine(gate_logits, _tokens(main.unflatten(2, (T, S))), cam)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
         if self.fp8_attention:

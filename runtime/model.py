@@ -10,6 +10,7 @@ One forward serves the three modes:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -186,12 +187,17 @@ class SanaWorldModel(nn.Module):
 # (until session 6 the softmax blocks' steady-state step ran uncompiled that way).
 BLOCK_RECOMPILE_LIMIT = 64
 
+# compile_blocks stacks each attention block's input projections into one GEMM; SANA_WM_STACK_INPUTS=0 keeps them
+# separate (for measuring what the stacking gives).
+STACK_INPUT_PROJECTIONS = os.environ.get("SANA_WM_STACK_INPUTS", "1") != "0"
+
 
 def compile_blocks(model: SanaWorldModel, backend="inductor") -> SanaWorldModel:
     """torch.compile each block (fuses the many small elementwise ops of norms, RoPE, UCPE, gates and the
     temporal convs), after storing the FFN temporal and depthwise convs' weights tap by tap
-    (`ffn.store_tap_major_`, `ffn.store_depthwise_tap_major_`) and the camera q/k/v projections' weights as one
-    matrix (`CameraAttention.fuse_camera_projections_`). Shapes are
+    (`ffn.store_tap_major_`, `ffn.store_depthwise_tap_major_`), the camera q/k/v projections' weights as one
+    matrix (`CameraAttention.fuse_camera_projections_`) and the projections of each attention block's input as
+    one GEMM (`CameraAttention.stack_input_projections_`; FP8 input scales must be calibrated before). Shapes are
     static per chunk kind, so each block kind compiles a few times at most and a steady-state chunk compiles
     nothing (tests/unit/test_compile.py)."""
     import torch._dynamo.config as dynamo_config
@@ -203,6 +209,8 @@ def compile_blocks(model: SanaWorldModel, backend="inductor") -> SanaWorldModel:
             store_tap_major_(blk.mlp.t_conv)
         store_depthwise_tap_major_(blk.mlp.depth_conv.conv)
         blk.attn.fuse_camera_projections_()
+        if STACK_INPUT_PROJECTIONS:
+            blk.attn.stack_input_projections_()
         blk.forward = torch.compile(blk.forward, dynamic=False, backend=backend)
     return model
 

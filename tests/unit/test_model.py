@@ -211,8 +211,8 @@ def test_text_prefix_mask_attends_to_the_valid_keys_only():
 
 
 def test_fused_camera_projections_keep_parameters_and_results():
-    """compile_blocks' weight re-layouts (camera q/k/v projections as one matrix, FFN temporal and depthwise convs
-    tap by tap) change neither the state dict nor the model's output, and a later load_state_dict reaches the fused
+    """compile_blocks' weight re-layouts (camera q/k/v projections as one matrix, the projections of each
+    attention block's input as one stacked GEMM, FFN temporal and depthwise convs tap by tap) change neither the state dict nor the model's output, and a later load_state_dict reaches the fused
     matrix and keeps the tap-major layouts."""
     from runtime.ffn import is_tap_major, store_depthwise_tap_major_, store_tap_major_
 
@@ -223,6 +223,7 @@ def test_fused_camera_projections_keep_parameters_and_results():
         want = model(x, ts, text, cam, plk)
         for blk in model.blocks:
             assert blk.attn.fuse_camera_projections_()
+            assert blk.attn.stack_input_projections_()
             store_tap_major_(blk.mlp.t_conv)
             store_depthwise_tap_major_(blk.mlp.depth_conv.conv)
         assert is_tap_major(model.blocks[0].mlp.t_conv)
@@ -235,10 +236,50 @@ def test_fused_camera_projections_keep_parameters_and_results():
         model.load_state_dict(other.state_dict())
         assert rel_err(model(x, ts, text, cam, plk), other(x, ts, text, cam, plk)) < FP32_REL
         assert model.blocks[0].mlp.depth_conv.conv.weight.stride(0) == 1
+        stack = model.blocks[0].attn._input_stack                 # loading went into the stacked matrix
+        assert stack.weight.data_ptr() == model.blocks[0].attn.qkv.weight.data_ptr()
         model.to(torch.float64)                                   # a dtype move re-fuses from the moved views
         assert model.blocks[0].attn._camera_qkv[0].dtype == torch.float64
+        assert model.blocks[0].attn._input_stack.weight.dtype == torch.float64
         got64 = model(x.double(), ts.double(), text, cam.double(), plk.double())
         assert rel_err(got64.float(), other(x, ts, text, cam, plk)) < FP32_REL
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_stacked_fp8_input_projections_match_separate_layers(static):
+    """FP8 (official scope): each attention block's qkv, output gate and GDN beta projection as one GEMM
+    (quant.gemm.fp8_linear_stacked, its fp32 stand-in for torch._scaled_mm here) give the model's output of the
+    separate layers, with per-token activation scales or calibrated static ones (shared: the layers read the same
+    input). Calibrating a stacked model calls the layers one by one (its hooks see every input): same scales."""
+    import copy
+
+    from quant import default_policy, quantize
+    from quant.calibrate import calibrate_fp8_inputs
+
+    model = quantize(build_model("tiny-world", init="random", seed=5), default_policy("fp8"))
+    x, ts, text, cam, plk = random_inputs(model, 4)
+    with torch.no_grad():
+        run = lambda: model(x, ts, text, cam, plk)
+        scales = calibrate_fp8_inputs(model, run) if static else None
+        want = run()
+        stacked = copy.deepcopy(model)
+        for blk in stacked.blocks:
+            assert blk.attn.stack_input_projections_()
+        assert len(stacked.blocks[0].attn._input_stack.layers) == 3           # a GDN block: qkv, gate, beta
+        assert len(stacked.blocks[3].attn._input_stack.layers) == 2           # the softmax block
+        h = torch.randn(1, 4, model.cfg.tokens_per_frame, model.cfg.hidden_size)
+        for blk, ref in zip(stacked.blocks, model.blocks):
+            layers = ref.attn._input_layers()
+            for y, m in zip(blk.attn.input_projections(h), layers, strict=True):
+                assert rel_err(y, m(h)) < 1e-5
+        # (the model's output moves by the odd E4M3 rounding step its layers now take on the other side)
+        assert rel_err(stacked(x, ts, text, cam, plk), want) < 1e-2
+        if static:
+            assert calibrate_fp8_inputs(stacked, lambda: stacked(x, ts, text, cam, plk)) == scales
+            # layers that would quantize the shared input differently are not stacked
+            blk = stacked.blocks[0].attn
+            blk.output_gate.input_scale.mul_(2)
+            assert not blk.stack_input_projections_() and blk._input_stack is None
 
 
 def test_ffn_hands_the_fp8_point_conv_its_input_prequantized(monkeypatch):

@@ -39,7 +39,14 @@ from quant import (
     select_modules,
 )
 from quant.fp8 import quantize_fp8_per_row, quantize_fp8_per_tensor
-from quant.gemm import fp8_linear, fp8_linear_ref, fp8_linear_scaled_mm, nvfp4_linear, nvfp4_linear_ref
+from quant.gemm import (
+    fp8_linear,
+    fp8_linear_ref,
+    fp8_linear_scaled_mm,
+    fp8_linear_stacked,
+    nvfp4_linear,
+    nvfp4_linear_ref,
+)
 from quant.nvfp4 import e2m1_decode, e2m1_encode, pack_e2m1, unpack_e2m1
 
 REPO = Path(__file__).resolve().parents[2]
@@ -722,6 +729,34 @@ def test_fp8_scaled_mm_matches_reference_on_cpu(n, static):
         assert torch.equal(fp8_linear_scaled_mm(xq, q.weight, q.weight_scale, b, scale, torch.bfloat16), y)
 
 
+def _stacked_fp8_layers(sizes, k, device, seed):
+    """Per-tensor FP8 weights of different ranges (so their scales differ), biases on all but the first, and the
+    stacked weight matrix (rows padded to a multiple of 16)."""
+    g = torch.Generator().manual_seed(seed)
+    qs = [quantize_fp8((torch.randn(n, k, generator=g) * (i + 1)).to(device)) for i, n in enumerate(sizes)]
+    biases = [None] + [torch.randn(n, generator=g).bfloat16().to(device) for n in sizes[1:]]
+    pad = -sum(sizes) % 16
+    rows = [q.weight.view(torch.uint8) for q in qs] + [torch.zeros(pad, k, dtype=torch.uint8, device=device)]
+    return qs, biases, torch.cat(rows).view(torch.float8_e4m3fn)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_fp8_linear_stacked_matches_separate_layers(static):
+    """Three per-tensor FP8 layers on one input as one GEMM: each output is the layer's own (reference path) to bf16
+    tolerance, with per-token or one static activation scale; bad shapes are refused."""
+    sizes, k = [96, 32, 20], 64
+    qs, biases, stacked = _stacked_fp8_layers(sizes, k, "cpu", seed=6)
+    x = torch.randn(2, 7, k, generator=torch.Generator().manual_seed(7)).bfloat16()
+    scale = x.float().abs().amax() / 448 if static else None
+    outs = fp8_linear_stacked(x, stacked, [q.weight_scale for q in qs], sizes, biases, scale)
+    for q, b, n, y in zip(qs, biases, sizes, outs):
+        ref = fp8_linear_ref(x, q.weight, q.weight_scale, b, scale)
+        assert y.shape == (2, 7, n) and y.dtype == torch.bfloat16
+        assert rel_rms(y.float(), ref.float()) < 4e-3
+    with pytest.raises(ValueError, match="multiple of 16"):
+        fp8_linear_stacked(x, stacked[:-1], [q.weight_scale for q in qs], sizes, biases, scale)
+
+
 def test_calibrate_fp8_inputs_sets_max_calibrated_static_scales():
     """Max calibration: each per-tensor FP8 layer gets input_scale = (its input amax over the run) / 448, then
     quantizes per tensor with it (the reference path with that scale, bit for bit); a layer the run never
@@ -882,6 +917,29 @@ def test_gpu_fp8_scaled_mm(m, n, k):
     ref = fp8_linear_ref(x, q.weight, q.weight_scale, b)
     y = fp8_linear(x, q.weight, q.weight_scale, b)
     assert rel_rms(y.float(), ref.float()) < SCALED_MM_REL_RMS
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("static", [False, True])
+def test_gpu_fp8_linear_stacked(static):
+    """A GDN block's qkv, output gate and beta projection at the full model's shapes as one torch._scaled_mm
+    (row-wise per-column weight scales, or per-tensor with the other layers rescaled after): each output is the
+    layer's own torch._scaled_mm result to bf16 tolerance, eager and compiled."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need compute capability >= 8.9")
+    sizes, k = [6720, 2240, 20], 2240
+    qs, biases, stacked = _stacked_fp8_layers(sizes, k, "cuda", seed=9)
+    x = torch.randn(2640, k, generator=torch.Generator().manual_seed(10)).bfloat16().cuda()
+    scale = x.float().abs().amax() / 448 if static else None
+    scales = [q.weight_scale for q in qs]
+
+    def run(x):
+        return fp8_linear_stacked(x, stacked, scales, sizes, biases, scale)
+
+    for outs in (run(x), torch.compile(run, fullgraph=True)(x)):
+        for q, b, y in zip(qs, biases, outs):
+            assert rel_rms(y.float(), fp8_linear(x, q.weight, q.weight_scale, b, scale).float()) < 4e-3
 
 
 @pytest.mark.gpu
