@@ -1,20 +1,19 @@
 #!/usr/bin/env bash
-# Round 27b (prepared in sessions 11-12; ~9 min, run right after round 27 while the machine is warm):
-#   1. the stacked input projections' share: the FP8 static generator (official+tconv) with
-#      SANA_WM_STACK_INPUTS=0 (qkv, output gate and beta as three GEMMs, as before session 12), against round 27's
-#   2. inductor's GEMM autotuning (TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1): its Triton templates for torch._scaled_mm
-#      / addmm against cuBLAS, with pointwise epilogues fused into a chosen template. The FFN's SiLU pass after the
-#      inverted conv's GEMM alone is 37 us x 100 calls per chunk (round-25 profile), and the stacked projections'
-#      rescale and the output gate's SiLU could ride along.
-# Put SANA_WM_GLU_CONFIG=<round 27's fastest> in front of both commands if round 27 found a faster launch.
+# Round 27b (prepared in sessions 11-12; ~7.5 min, right after round 27 while the machine is warm). Set GLU to
+# round 27's fastest launch (printed as SANA_WM_GLU_CONFIG) before running, e.g. GLU=rows_gather,11,16,8,1:
+#   1. the FP8 static generator (official+tconv) with that launch
+#   2. the stacked input projections' share: SANA_WM_STACK_INPUTS=0 (qkv, output gate and beta as three GEMMs,
+#      as before session 12)
+#   3. the official scope (the release's: the FFN temporal conv in bf16), for the record against round 26
 source bench/gpu_setup.sh
+GLU=${GLU:-tiles,32,64,4,0}
 {
-echo "== generator alone, fp8 static official+tconv + compile, SANA_WM_STACK_INPUTS=0"
-SANA_WM_STACK_INPUTS=0 timeout 150 python3 -m runtime.cli bench --precision fp8 --act-scales static \
-  --scope official+tconv --chunks 8 --warmup 3 --compile --no-decode \
-  --json $OUT/bench_fp8_static_tconv_unstacked.json 2>&1 | grep -v "Warn\|W12\|_warn\|warnings.warn" | tail -7
-echo "== generator alone, fp8 static official+tconv + compile, TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1"
-TORCHINDUCTOR_MAX_AUTOTUNE_GEMM=1 timeout 400 python3 -m runtime.cli bench --precision fp8 --act-scales static \
-  --scope official+tconv --chunks 8 --warmup 3 --compile --no-decode \
-  --json $OUT/bench_fp8_static_tconv_autotune_gemm.json 2>&1 | grep -v "Warn\|W12\|_warn\|warnings.warn" | tail -7
+for run in "glu_best:SANA_WM_GLU_CONFIG=$GLU:official+tconv" "unstacked:SANA_WM_STACK_INPUTS=0:official+tconv" \
+           "official:SANA_WM_GLU_CONFIG=$GLU:official"; do
+  IFS=: read -r name env scope <<< "$run"
+  echo "== generator alone, fp8 static + compile, scope $scope, $env"
+  env "$env" timeout 150 python3 -m runtime.cli bench --precision fp8 --act-scales static --scope "$scope" \
+    --chunks 8 --warmup 3 --compile --no-decode --json $OUT/bench_fp8_static_$name.json 2>&1 \
+    | grep -v "Warn\|W12\|_warn\|warnings.warn" | tail -7
+done
 } 2>&1 | tee $OUT/log

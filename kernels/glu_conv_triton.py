@@ -11,7 +11,9 @@ loads (the channels of a position are contiguous, so every load is a run of chan
 * "rows" (`_depthwise_glu_rows_kernel`), grid (channel blocks, frames, row segments): a program walks the rows of
   its segment (plus one halo row each side); each input row is loaded once per column shift (3 loads, mostly L1
   hits) and added into the three output rows it touches, held as rolling accumulators; an output row is stored
-  as soon as it is complete.
+  as soon as it is complete. "rows_gather" loads each input row once, a row ahead of its use, and takes its
+  column-shifted copies with `tl.gather` (through registers / shared memory): one global load and one SiLU per
+  input element, so SiLU inside the kernel costs no recomputation (and no separate pass).
 
 With `silu_input` (the FFN's activation before the depthwise conv) the launch config picks where SiLU runs: on every
 loaded value inside the kernel (no separate pass over the input, but recomputed per load: 9 times per element for
@@ -53,7 +55,11 @@ CONFIG_CHOICES = tuple((*shape, inside) for inside in (False, True) for shape in
                                   ("tiles_rowloop", 64, 64, 8), ("tiles_rowloop", 16, 64, 8),
                                   ("tiles_rowloop", 64, 128, 8), ("tiles_rowpipe", 32, 64, 4),
                                   ("tiles_rowpipe", 32, 64, 8), ("tiles_rowpipe", 64, 64, 8),
-                                  ("tiles_rowpipe", 16, 64, 4)))
+                                  ("tiles_rowpipe", 16, 64, 4))) + tuple(
+    # session 12: one load and one SiLU per input element (SiLU inside, tanh.approx); the shapes that compile without
+    # spills on sm_90 (8 warps x 16 channels: 119 registers; 16 warps x 32 channels: 123)
+    (*shape, True) for shape in (("rows_gather", 22, 16, 8), ("rows_gather", 11, 16, 8), ("rows_gather", 6, 16, 8),
+                                 ("rows_gather", 11, 32, 16), ("rows_gather", 11, 8, 4)))
 
 
 @triton.jit
@@ -151,6 +157,16 @@ def _shifted_row(base, s_aw, j, c, W, M, row_ok, c_ok, dj: tl.constexpr, SILU_IN
 
 
 @triton.jit
+def _raw_row(a_base, r, s_ah, s_aw, j, c, H, W, M, c_ok, live):
+    """Input row r as loaded (both GLU halves, [BLOCK_W, BLOCK_C] in act's dtype; zeros outside the frame and
+    where not `live`): the gather kind's prefetch, issued a row ahead of its use."""
+    r_j = r + j * 0                # the row per lane: a scalar mask term breaks TRITON_INTERPRET's masks
+    mask = ((j < W) & (r_j >= 0) & (r_j < H) & live)[:, None] & c_ok[None, :]
+    ptr = a_base + r.to(tl.int64) * s_ah + j.to(tl.int64)[:, None] * s_aw + c[None, :]
+    return tl.load(ptr, mask=mask, other=0.0), tl.load(ptr + M, mask=mask, other=0.0)
+
+
+@triton.jit
 def _tap_row(w_ptr, c, c_ok, s_wc, s_wr, s_ws, t: tl.constexpr):
     """The 3 column weights of tap row t, [1, BLOCK_C] fp32 each."""
     row = w_ptr + c * s_wc + t * s_wr
@@ -168,7 +184,7 @@ def _depthwise_glu_rows_kernel(
     s_on, s_oh, s_ow,
     s_wc, s_wr, s_ws,
     HAS_BIAS: tl.constexpr, SILU_IN: tl.constexpr, OUT_FP8: tl.constexpr, ROWS: tl.constexpr,
-    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr,
 ):
     pid_c, n, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -196,14 +212,31 @@ def _depthwise_glu_rows_kernel(
     cur_g = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)
     nxt_a = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)   # out row r + 1
     nxt_g = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)
+    if GATHER:   # a row's column neighbours, gathered from the row itself (x[j - 1], x[j + 1]; zero past the edges)
+        idx_l = tl.broadcast_to(tl.maximum(j - 1, 0)[:, None], [BLOCK_W, BLOCK_C])
+        idx_r = tl.broadcast_to(tl.minimum(j + 1, BLOCK_W - 1)[:, None], [BLOCK_W, BLOCK_C])
+        keep_l = (j >= 1)[:, None]
+        keep_r = (j + 1 < W)[:, None]
+        pre_a, pre_g = _raw_row(a_base, r0 - 1, s_ah, s_aw, j, c, H, W, M, c_ok, True)
     for k in range(ROWS + 2):
         r = r0 - 1 + k
-        r_j = r + j * 0                # the row per lane: a scalar mask term breaks TRITON_INTERPRET's masks
-        row_ok = j_ok & (r_j >= 0) & (r_j < H)
-        base = a_base + r.to(tl.int64) * s_ah
-        xa0, xg0 = _shifted_row(base, s_aw, j, c, W, M, row_ok, c_ok, 0, SILU_IN)
-        xa1, xg1 = _shifted_row(base, s_aw, j, c, W, M, row_ok, c_ok, 1, SILU_IN)
-        xa2, xg2 = _shifted_row(base, s_aw, j, c, W, M, row_ok, c_ok, 2, SILU_IN)
+        if GATHER:
+            # One load (and one SiLU) per input element, issued a row ahead (the loop's loads would otherwise wait
+            # on its arithmetic); the shifted copies come from registers / shared memory.
+            xa1 = _silu(pre_a.to(tl.float32), SILU_IN)
+            xg1 = _silu(pre_g.to(tl.float32), SILU_IN)
+            pre_a, pre_g = _raw_row(a_base, r + 1, s_ah, s_aw, j, c, H, W, M, c_ok, k + 1 < ROWS + 2)
+            xa0 = tl.where(keep_l, tl.gather(xa1, idx_l, 0), 0.0)
+            xg0 = tl.where(keep_l, tl.gather(xg1, idx_l, 0), 0.0)
+            xa2 = tl.where(keep_r, tl.gather(xa1, idx_r, 0), 0.0)
+            xg2 = tl.where(keep_r, tl.gather(xg1, idx_r, 0), 0.0)
+        else:
+            r_j = r + j * 0
+            row_ok = j_ok & (r_j >= 0) & (r_j < H)
+            base = a_base + r.to(tl.int64) * s_ah
+            xa0, xg0 = _shifted_row(base, s_aw, j, c, W, M, row_ok, c_ok, 0, SILU_IN)
+            xa1, xg1 = _shifted_row(base, s_aw, j, c, W, M, row_ok, c_ok, 1, SILU_IN)
+            xa2, xg2 = _shifted_row(base, s_aw, j, c, W, M, row_ok, c_ok, 2, SILU_IN)
         i_done = r - 1
         if k >= 2 and i_done < H:   # rows r0 - 1 and r0 complete nothing of this segment
             y_a = cur_a + xa0 * a20 + xa1 * a21 + xa2 * a22 + bias_a
@@ -245,10 +278,11 @@ def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None, confi
         grid = (triton.cdiv(H * W, size), triton.cdiv(M, block_c), N)
         _depthwise_glu_tiles_kernel[grid](act, weight, b, out, scale, H, W, M, *strides, BLOCK_P=size,
                                           ROW_LOOP=kind != "tiles", ROW_STAGES=TILES_KINDS[kind], **common)
-    elif kind == "rows":
+    elif kind in ("rows", "rows_gather"):
         grid = (triton.cdiv(M, block_c), N, triton.cdiv(H, size))
         _depthwise_glu_rows_kernel[grid](act, weight, b, out, scale, H, W, M, *strides, ROWS=size,
-                                         BLOCK_W=max(2, triton.next_power_of_2(W)), **common)
+                                         BLOCK_W=max(2, triton.next_power_of_2(W)), GATHER=kind == "rows_gather",
+                                         **common)
     else:
         raise ValueError(f"depthwise_glu_triton: unknown launch kind {kind!r}")
     return out
