@@ -65,6 +65,8 @@ class ExploreOptions:
     """Initial HUD mode: hud, hud+help or off."""
     out_dir: str = "."
     """Where F12 screenshots and recordings without --record go."""
+    fast: object = None
+    """The local model's fast path (a `runtime.pipeline.FastPath`; None: as stored)."""
     queue_chunks: int = 2
     snapshot_every: int = 4
 
@@ -96,7 +98,7 @@ def make_client(opts: ExploreOptions) -> WorldClient:
 
         host, port = parse_hostport(opts.connect)
         return RemoteClient(host, port, token=opts.token)
-    return LocalClient(opts.model, opts.device)
+    return LocalClient(opts.model, opts.device, fast=opts.fast)
 
 
 def _numbered(path: Path, n: int) -> Path:

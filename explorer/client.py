@@ -76,8 +76,10 @@ class WorldClient(abc.ABC):
 class LocalClient(WorldClient):
     """Runs the generator in this process (imports torch and the runtime on first use)."""
 
-    def __init__(self, model: str = "tiny-world", device: str = "cpu", max_snapshots: int = 8):
+    def __init__(self, model: str = "tiny-world", device: str = "cpu", max_snapshots: int = 8, fast=None):
         self.model_name = model
+        self.fast = fast
+        """The generator's fast path (`runtime.pipeline.FastPath`; None: as stored)."""
         self.device = device
         self.max_snapshots = max_snapshots
         self._gen = None
@@ -90,7 +92,7 @@ class LocalClient(WorldClient):
             from runtime.pipeline import load_generator
 
             self.model_name = model
-            self._gen = load_generator(model, device=self.device)
+            self._gen = load_generator(model, device=self.device, fast=self.fast)
         return self._gen
 
     def open_session(self, *, image=None, prompt="", seed=0, model=None) -> SessionInfo:

@@ -29,6 +29,36 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             RenderInputError, MissingWeightsError, FileNotFoundError)
 
 
+def _add_fast_path_args(p: argparse.ArgumentParser, precision_default: str | None = "bf16") -> None:
+    """The chunk step's fast path (runtime.pipeline.FastPath), as `sana-wm bench` measures it."""
+    from runtime.pipeline import PRECISIONS, QUANT_SCOPES
+
+    p.add_argument("--precision", default=precision_default, choices=PRECISIONS,
+                   help="bf16: the model as stored (fp32 on the CPU); fp8: E4M3 weights and activations with "
+                        "static scales calibrated on a short walk first (CUDA compute capability >= 8.9; an "
+                        "emulation on the CPU); nvfp4: 4-bit weights (less memory)"
+                        + ("" if precision_default else " (default: a --replay's, else bf16)"))
+    p.add_argument("--scope", default="official", choices=QUANT_SCOPES,
+                   help="which layers --precision fp8 / nvfp4 quantize (as `sana-wm quantize --scope`)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each block (faster chunks; the first ones take minutes to compile)")
+    p.add_argument("--graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="replay each steady chunk step from a CUDA graph (CUDA only; default on)")
+
+
+def _fast_path(args, precision: str | None = None):
+    """The FastPath of the --precision / --scope / --compile / --graphs arguments."""
+    from runtime.pipeline import FastPath
+
+    return FastPath(precision=precision or args.precision or "bf16", scope=args.scope, compile=args.compile,
+                    cuda_graphs=args.graphs and str(args.device).startswith("cuda"))
+
+
+def _fast_path_asked(args) -> bool:
+    """Whether any fast-path argument differs from running the model as stored."""
+    return (args.precision not in (None, "bf16")) or args.compile
+
+
 # ------------------------------------------------------------------------------------------------------------
 def cmd_info(args) -> int:
     from runtime.info import describe
@@ -81,8 +111,14 @@ def cmd_render(args) -> int:
 
         refine = prepare_refine(args, model or "tiny-world", logged_refiner)
     _check_backend(args)
+    if args.backend != "torch" and _fast_path_asked(args):
+        raise UsageError(f"--precision / --compile are torch-backend options (--backend {args.backend} runs the "
+                         "engines as exported: choose the precision with `sana-wm export-trt --precision`)")
+    logged_fast = (log.get("fast_path") or {}) if args.replay else {}
+    fast = _fast_path(args, precision=args.precision or logged_fast.get("precision"))
     gen = load_generator(model or "tiny-world", device=args.device,
-                         dtype=torch.float32 if args.device == "cpu" else None)
+                         dtype=torch.float32 if args.device == "cpu" else None,
+                         fast=fast if args.backend == "torch" else None)
     gen = _engine_backend(gen, args)
     prompt = prompt if prompt is not None else DEFAULT_PROMPT
     sidecar = render_walk(gen, image, prompt, plan, out,
@@ -168,7 +204,7 @@ def cmd_serve(args) -> int:
     from runtime.server import serve_command
 
     return serve_command(host=args.host, port=args.port, model=args.model, device=args.device,
-                         max_sessions=args.max_sessions, token_file=args.token_file)
+                         max_sessions=args.max_sessions, token_file=args.token_file, fast=_fast_path(args))
 
 
 def cmd_explore(args) -> int:
@@ -188,6 +224,8 @@ def cmd_explore(args) -> int:
         raise UsageError(f"--image: no such file {args.image!r}")
     if args.connect is not None:
         parse_hostport(args.connect)          # raises ValueError on a malformed HOST:PORT
+        if _fast_path_asked(args):
+            raise UsageError("--precision / --compile set up a local model: give them to `sana-wm serve` instead")
     try:
         w, h = (int(v) for v in args.window.lower().split("x"))
     except ValueError:
@@ -196,7 +234,8 @@ def cmd_explore(args) -> int:
                           model=args.model, device=args.device, connect=args.connect,
                           token=args.token or os.environ.get("SANA_WM_TOKEN"), seed=args.seed,
                           record=args.record, headless=args.headless, script=args.script, size=(w, h),
-                          fullscreen=args.fullscreen, hud="off" if args.no_hud else "hud", out_dir=args.out_dir)
+                          fullscreen=args.fullscreen, hud="off" if args.no_hud else "hud", out_dir=args.out_dir,
+                          fast=_fast_path(args))
     return run_explorer(opts)
 
 
@@ -307,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the chunk step in torch (default), on TensorRT engines, or as the exported graphs "
                         "through onnxruntime on the CPU (to check an export); the last two need --engines")
     r.add_argument("--engines", metavar="DIR", help="output folder of `sana-wm export-trt` (and its built engines)")
+    _add_fast_path_args(r, precision_default=None)
     r.set_defaults(func=cmd_render)
 
     sv = sub.add_parser("serve", help="serve world sessions over TCP to remote explorers (docs/protocol.md)")
@@ -316,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--device", default="cpu", help="cpu or cuda")
     sv.add_argument("--max-sessions", type=int, default=2, help="sessions at once on this GPU (default 2)")
     sv.add_argument("--token-file", help="file holding the shared secret clients must send")
+    _add_fast_path_args(sv)
     sv.set_defaults(func=cmd_serve)
 
     x = sub.add_parser("explore", help="explore a world live: WASD/IJKL drive the camera (docs/explorer.md)")
@@ -333,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--fullscreen", action="store_true", help="start fullscreen (F11 toggles)")
     x.add_argument("--no-hud", action="store_true", help="start with the HUD hidden (H cycles it)")
     x.add_argument("--out-dir", default=".", help="folder for F12 screenshots and R recordings (default .)")
+    _add_fast_path_args(x)
     x.set_defaults(func=cmd_explore)
 
     e = sub.add_parser("eval", help="PSNR / SSIM / camera following / stability on held-out procedural walks")

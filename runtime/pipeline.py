@@ -30,6 +30,45 @@ class GeneratorError(RuntimeError):
     """A generator cannot be assembled; the message says what is missing."""
 
 
+PRECISIONS = ("bf16", "fp8", "nvfp4")
+QUANT_SCOPES = ("official", "official+tconv", "compact")
+CALIBRATION_WALK = "w-16,wa-16,d-16,wl-16,s-8,none-8"
+"""Keys of the short walk that FP8's static activation scales are calibrated on (`FastPath`)."""
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """How a generator runs its chunk steps: what `sana-wm bench` measures, for render / serve / explore too.
+
+    precision: "bf16" (no quantization: the model's dtype), "fp8" (E4M3 weights and activations, one static
+        input scale per layer from max calibration on `calib_chunks` chunks of a short walk from the built-in
+        start image: ModelOpt's recipe; needs compute capability >= 8.9 on CUDA, and is only an emulation on the
+        CPU) or "nvfp4" (4-bit weights, bf16 math: less memory, not faster on Hopper).
+    scope: which layers are quantized (quant.policy.SCOPES; the release's is "official").
+    compile: torch.compile each block (`runtime.model.compile_blocks`; the first chunks then take minutes).
+    cuda_graphs: capture each steady chunk step as one CUDA graph (no effect on the CPU).
+    """
+
+    precision: str = "bf16"
+    scope: str = "official"
+    compile: bool = False
+    cuda_graphs: bool = False
+    calib_chunks: int = 2
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.scope not in QUANT_SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(QUANT_SCOPES)}, got {self.scope!r}")
+        if self.calib_chunks < 1:
+            raise ValueError(f"calib_chunks must be >= 1, got {self.calib_chunks}")
+
+    def to_dict(self) -> dict:
+        """For sidecars and logs."""
+        return {"precision": self.precision, "scope": self.scope if self.precision != "bf16" else None,
+                "compile": self.compile, "cuda_graphs": self.cuda_graphs}
+
+
 @dataclass
 class Generator:
     model: SanaWorldModel
@@ -37,6 +76,8 @@ class Generator:
     text_encoder: object
     source: str
     """Where the generator's weights came from (for logs and sidecars)."""
+    fast: FastPath = FastPath()
+    """How its chunk steps run (set by `accelerate`)."""
 
     @property
     def config(self) -> ModelConfig:
@@ -69,10 +110,11 @@ def _resolve_model_dir(name: str) -> tuple[ModelConfig, Path | None]:
 
 def load_generator(model: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
                    dtype: torch.dtype | None = None, random_weights: bool = False,
-                   allow_download: bool | None = None) -> Generator:
+                   allow_download: bool | None = None, fast: FastPath | None = None) -> Generator:
     """Build the model, its autoencoder and text encoder on `device`.
 
     random_weights: skip the DiT checkpoint (benchmarks: speed does not depend on weights).
+    fast: quantize / compile / capture the chunk steps (`accelerate`); None runs them as built.
     """
     from runtime.decoder import load_autoencoder
     from runtime.text_encoder import load_text_encoder
@@ -104,7 +146,56 @@ def load_generator(model: str = DEFAULT_MODEL, *, device: str | torch.device = "
     te = load_text_encoder(cfg.text_encoder, caption_channels=cfg.caption_channels,
                            max_length=cfg.text_max_length, device=device, dtype=dtype,
                            allow_download=allow_download)
-    return Generator(net, ae, te, source)
+    gen = Generator(net, ae, te, source)
+    return gen if fast is None else accelerate(gen, fast)
+
+
+def accelerate(gen: Generator, fast: FastPath) -> Generator:
+    """Put `gen` on the fast path `fast` (in place; returns gen): quantize its model, calibrate FP8's static
+    input scales on a short walk, compile its blocks, and let its sessions capture CUDA graphs. Checks first
+    that the device can run the precision."""
+    device = next(gen.model.parameters()).device
+    if fast.precision == "fp8" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        name = torch.cuda.get_device_name(device)
+        raise GeneratorError(f"fp8 needs FP8 tensor cores (compute capability >= 8.9: Ada, Hopper, Blackwell); "
+                             f"{name} has {'.'.join(map(str, torch.cuda.get_device_capability(device)))}")
+    if gen.fast.precision != "bf16" and fast.precision != "bf16":
+        raise GeneratorError(f"the generator is already quantized ({gen.fast.precision})")
+    if fast.precision != "bf16":
+        from quant import default_policy, quantize
+
+        if fast.precision == "fp8" and device.type == "cpu":
+            log.warning("fp8 on the CPU is an fp32 emulation (for checking quality): slower, not faster")
+        quantize(gen.model, default_policy(fast.precision, fast.scope))
+        if fast.precision == "fp8":
+            _calibrate_fp8(gen, fast.calib_chunks)
+    if fast.compile:
+        from runtime.model import compile_blocks
+
+        log.info("compiling the blocks: the first chunks of a session take a while longer")
+        compile_blocks(gen.model)
+    gen.fast = fast
+    return gen
+
+
+def _calibrate_fp8(gen: Generator, chunks: int) -> None:
+    """Static per-tensor input scales (max calibration) from `chunks` eager chunks of CALIBRATION_WALK."""
+    from quant.calibrate import calibrate_fp8_inputs
+    from runtime.camera import actions_to_c2w
+    from runtime.cli import DEFAULT_IMAGE, DEFAULT_PROMPT
+
+    c2w = actions_to_c2w(CALIBRATION_WALK)
+
+    def walk():
+        session = open_session(gen, str(DEFAULT_IMAGE), DEFAULT_PROMPT, seed=0)
+        try:
+            for _ in range(chunks):
+                session.step(session.next_poses(c2w))
+        finally:
+            session.close()
+
+    with torch.no_grad():
+        calibrate_fp8_inputs(gen.model, walk)
 
 
 def latent_intrinsics(cfg: ModelConfig, intrinsics=None, src_hw: tuple[int, int] | None = None) -> np.ndarray:
@@ -134,4 +225,5 @@ def open_session(gen: Generator, image, prompt: str = "", *, seed: int = 0, intr
         emb, mask = gen.text_encoder.encode([prompt])
         text = gen.model.prepare_text(emb.to(device), mask.to(device))
     return WorldSession(gen.model, text, first_latent=first, intrinsics_latent=latent_intrinsics(cfg, intrinsics, src_hw),
-                        seed=seed, autoencoder=gen.autoencoder, timesteps=timesteps, overlap_decode=overlap_decode)
+                        seed=seed, autoencoder=gen.autoencoder, timesteps=timesteps, overlap_decode=overlap_decode,
+                        cuda_graphs=gen.fast.cuda_graphs)

@@ -123,6 +123,7 @@ def render_walk(gen, image, prompt: str, plan: WalkPlan, out: Path, *, seed: int
                            overlap_decode=refine is None)
     sidecar = {
         "kind": "sana-wm-walk", "version": SIDECAR_VERSION, "model": model_name, "weights": gen.source,
+        "fast_path": gen.fast.to_dict() if hasattr(gen, "fast") else None,
         "config": cfg.name, "seed": seed, "prompt": prompt, "image": image_ref,
         "image_sha256": _file_digest(image_ref), "actions": plan.actions,
         "num_frames": plan.num_frames, "fps": cfg.fps, "timesteps": list(session.timesteps),

@@ -241,15 +241,16 @@ class WorldServer:
         config: listening address, limits and timeouts.
         device: where a named model is loaded.
         model_name: the name clients may ask for (default: the name given, or the generator's config name).
+        fast: the fast path (`runtime.pipeline.FastPath`) a named model is loaded on.
     """
 
     def __init__(self, generator, config: ServerConfig | None = None, *, device: str = "cpu",
-                 model_name: str | None = None):
+                 model_name: str | None = None, fast=None):
         from runtime.pipeline import load_generator
 
         if isinstance(generator, str):
             model_name = model_name or generator
-            generator = load_generator(generator, device=device)
+            generator = load_generator(generator, device=device, fast=fast)
         self.gen = generator
         self.config = config or ServerConfig()
         self.model_name = model_name or generator.config.name
@@ -709,10 +710,11 @@ def run_until_signal(server: WorldServer, *, announce=print) -> None:
 
 
 def serve_command(*, host: str, port: int, model: str, device: str, max_sessions: int,
-                  token_file: str | None) -> int:
-    """`sana-wm serve`: check the settings, load the model, serve until a signal."""
+                  token_file: str | None, fast=None) -> int:
+    """`sana-wm serve`: check the settings, load the model (on the fast path `fast`, a
+    runtime.pipeline.FastPath), serve until a signal."""
     token = read_token_file(token_file) if token_file else None
     config = ServerConfig(host=host, port=port, max_sessions=max_sessions, token=token)   # checks host/token
-    server = WorldServer(model, config, device=device)
+    server = WorldServer(model, config, device=device, fast=fast)
     run_until_signal(server)
     return 0

@@ -2,6 +2,7 @@
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -81,4 +82,47 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path):
     assert r.returncode == 2
     r = run_cli("info", "no-such-config")
     assert r.returncode == 2 and "no config preset" in r.stderr
+    # fast-path options where they cannot apply: an exported engine's precision is fixed; a remote model's is the
+    # server's
+    r = run_cli("render", "--actions", "w-10", "--backend", "onnxruntime", "--engines", str(tmp_path),
+                "--precision", "fp8", "--out", str(out))
+    assert r.returncode == 2 and "torch-backend options" in r.stderr and r.stderr.count("\n") == 1
+    r = run_cli("explore", "--connect", "127.0.0.1:7717", "--compile", "--headless", "--script", "w-8")
+    assert r.returncode == 2 and "sana-wm serve" in r.stderr
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+def test_fast_path_options_and_generator(caplog):
+    """FastPath checks its fields; `load_generator(fast=)` quantizes to FP8 with calibrated static scales (none
+    left at the uncalibrated 1.0 but the layers no step calls), stacks and compiles the blocks when asked, and its sessions take the CUDA-graph
+    flag; a quantized generator is not quantized again. The server and the explorer's local client pass it on."""
+    from explorer.client import LocalClient
+    from quant.calibrate import fp8_per_tensor_layers
+    from runtime.pipeline import FastPath, GeneratorError, accelerate, load_generator, open_session
+    from runtime.server import WorldServer
+
+    with pytest.raises(ValueError, match="precision"):
+        FastPath(precision="int8")
+    with pytest.raises(ValueError, match="scope"):
+        FastPath(scope="all")
+    fast = FastPath(precision="fp8", compile=True, calib_chunks=1)
+    gen = load_generator("tiny-world", fast=fast)
+    assert gen.fast is fast and fast.to_dict()["scope"] == "official"
+    unused = {f"blocks.{i}.attn.{g}" for i in gen.config.softmax_blocks for g in ("beta_proj", "gate_proj")}
+    layers = fp8_per_tensor_layers(gen.model)            # (softmax blocks carry GDN gates they never call)
+    assert layers and all((float(m.input_scale) == 1.0) == (n in unused) for n, m in layers.items())
+    for blk in gen.model.blocks:                     # compile_blocks ran (the compile itself happens on first use)
+        assert blk.attn._input_stack is not None and "forward" in vars(blk)
+    assert "fp8 on the CPU is an fp32 emulation" in caplog.text
+    with pytest.raises(GeneratorError, match="already quantized"):
+        accelerate(gen, FastPath(precision="nvfp4"))
+    gen = load_generator("tiny-world", fast=FastPath(cuda_graphs=True))
+    assert all("forward" not in vars(blk) for blk in gen.model.blocks)
+    session = open_session(gen, np.zeros((144, 256, 3), np.uint8))
+    assert session.cuda_graphs is False                     # requested, but this is the CPU
+    server = WorldServer("tiny-world", fast=FastPath(precision="nvfp4"))
+    assert server.gen.fast.precision == "nvfp4"
+    client = LocalClient("tiny-world", fast=FastPath(precision="nvfp4"))
+    client.open_session(seed=1)
+    assert client._gen.fast.precision == "nvfp4"
+    client.close()

@@ -54,3 +54,27 @@ def test_missing_official_weights_exit_2_offline(tmp_path, monkeypatch):
     assert r.returncode == 2
     assert "sana-wm: error:" in r.stderr and "generator" in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_render_on_the_fp8_fast_path_replays_it(tmp_path):
+    """`--precision fp8` (static scales calibrated on a short walk first; an emulation on the CPU) renders the same
+    world as the model as stored, within FP8 rounding; the sidecar records the fast path and a replay follows it
+    exactly."""
+    from runtime.evaluate import psnr
+
+    args = ("--actions", "w-20,a-12,wd-20", "--seed", "3", "-q")
+    base, fp8 = tmp_path / "bf.mp4", tmp_path / "fp8.mp4"
+    for out, extra in ((base, ()), (fp8, ("--precision", "fp8"))):
+        r = run_cli("render", *args, *extra, "--out", str(out))
+        assert r.returncode == 0, r.stderr
+    ref, _ = read_mp4(base)
+    frames, _ = read_mp4(fp8)
+    assert frames.shape == ref.shape and not np.array_equal(frames, ref)
+    assert min(psnr(a, b) for a, b in zip(frames[1:], ref[1:])) > 28.0
+    side = json.loads(fp8.with_suffix(".json").read_text())
+    assert side["fast_path"] == {"precision": "fp8", "scope": "official", "compile": False, "cuda_graphs": False}
+    assert json.loads(base.with_suffix(".json").read_text())["fast_path"]["precision"] == "bf16"
+    again = tmp_path / "again.mp4"
+    r = run_cli("render", "--replay", str(fp8.with_suffix(".json")), "--out", str(again), "-q")
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(read_mp4(again)[0], frames)
