@@ -3,7 +3,7 @@
 #   1. GPU tests: the depthwise + GLU kernel at every sweep choice (the row-loop kinds of session 11 and the
 #      gather kind of session 12 included), the compiled full config against eager (now with each attention
 #      block's input projections stacked into one GEMM, session 12), the stacked FP8 GEMM against separate
-#      torch._scaled_mm calls
+#      torch._scaled_mm calls, and render's new GPU fast path (FP8 + compile + CUDA graphs on the embedded model)
 #   2. the depthwise launch sweep (new: tiles_rowloop, tiles_rowpipe, 8-warp shapes, rows_gather: one load and
 #      one SiLU per input element)
 #   3. FP8 static generator over the official+tconv scope (the FFN temporal conv in FP8 too; quality on the
@@ -13,8 +13,10 @@
 source bench/gpu_setup.sh
 {
 echo "== GPU tests"
-timeout 280 python3 -m pytest tests/gpu/test_glu_conv_gpu.py tests/gpu/test_streaming_gpu.py tests/unit/test_quant.py \
-  -q -p no:cacheprovider -k "glu or prequantized or compiled_graph_step or gpu_fp8_linear_stacked" -rfE 2>&1 \
+timeout 300 python3 -m pytest tests/gpu/test_glu_conv_gpu.py tests/gpu/test_streaming_gpu.py tests/unit/test_quant.py \
+  tests/gpu/test_fast_path_render_gpu.py \
+  -q -p no:cacheprovider -k "glu or prequantized or compiled_graph_step or gpu_fp8_linear_stacked or render" \
+  -rfE 2>&1 \
   | grep -E "passed|failed|FAILED|Error|assert" | tail -12
 echo "== depthwise sweep"
 timeout 150 python3 -m bench.kernels --quick --only depthwise_glu,depthwise_glu_sweep \
