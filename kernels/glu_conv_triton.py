@@ -32,6 +32,10 @@ __all__ = ["CONFIG", "CONFIG_CHOICES", "depthwise_glu_triton"]
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
+ROWS_KINDS = {"rows": 1, "rows_gather": 1, "rows_gatherpipe4": 4, "rows_gatherpipe6": 6}
+"""The rows kernel's launch kinds: three loads per row; one load per row and its shifted copies gathered, the next
+row prefetched by hand; the same with Triton's pipeliner keeping 3 or 5 rows in flight (asynchronous copies into
+shared memory; value: the loop's stages)."""
 TILES_KINDS = {"tiles": 1, "tiles_rowloop": 1, "tiles_rowpipe": 3}
 """The tiles kernel's launch kinds: nine taps unrolled; the tap rows as a loop; the same loop software-pipelined
 (value: the loop's pipeline stages)."""
@@ -56,10 +60,13 @@ CONFIG_CHOICES = tuple((*shape, inside) for inside in (False, True) for shape in
                                   ("tiles_rowloop", 64, 128, 8), ("tiles_rowpipe", 32, 64, 4),
                                   ("tiles_rowpipe", 32, 64, 8), ("tiles_rowpipe", 64, 64, 8),
                                   ("tiles_rowpipe", 16, 64, 4))) + tuple(
-    # session 12: one load and one SiLU per input element (SiLU inside, tanh.approx); the shapes that compile without
-    # spills on sm_90 (8 warps x 16 channels: 119 registers; 16 warps x 32 channels: 123)
-    (*shape, True) for shape in (("rows_gather", 22, 16, 8), ("rows_gather", 11, 16, 8), ("rows_gather", 6, 16, 8),
-                                 ("rows_gather", 11, 32, 16), ("rows_gather", 11, 8, 4)))
+    # session 12: one load and one SiLU per input element (SiLU inside, tanh.approx); shapes that compile without
+    # spills on sm_90 (8 warps x 16 channels: ~119 registers, 2 programs per SM; 16 warps x 32 channels: ~119, one
+    # program), with 1, 3 or 5 rows in flight (6 stages: ~40 KB of loads in flight per SM at either shape)
+    (*shape, True) for shape in (("rows_gather", 22, 16, 8), ("rows_gather", 11, 16, 8), ("rows_gather", 11, 32, 16),
+                                 ("rows_gatherpipe4", 22, 16, 8), ("rows_gatherpipe4", 11, 16, 8),
+                                 ("rows_gatherpipe4", 11, 32, 16), ("rows_gatherpipe6", 22, 16, 8),
+                                 ("rows_gatherpipe6", 22, 32, 16), ("rows_gatherpipe6", 11, 32, 16)))
 
 
 @triton.jit
@@ -184,7 +191,7 @@ def _depthwise_glu_rows_kernel(
     s_on, s_oh, s_ow,
     s_wc, s_wr, s_ws,
     HAS_BIAS: tl.constexpr, SILU_IN: tl.constexpr, OUT_FP8: tl.constexpr, ROWS: tl.constexpr,
-    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr,
+    BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr, ROW_STAGES: tl.constexpr,
 ):
     pid_c, n, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -217,15 +224,21 @@ def _depthwise_glu_rows_kernel(
         idx_r = tl.broadcast_to(tl.minimum(j + 1, BLOCK_W - 1)[:, None], [BLOCK_W, BLOCK_C])
         keep_l = (j >= 1)[:, None]
         keep_r = (j + 1 < W)[:, None]
-        pre_a, pre_g = _raw_row(a_base, r0 - 1, s_ah, s_aw, j, c, H, W, M, c_ok, True)
-    for k in range(ROWS + 2):
+        if ROW_STAGES == 1:
+            pre_a, pre_g = _raw_row(a_base, r0 - 1, s_ah, s_aw, j, c, H, W, M, c_ok, True)
+    for k in tl.range(ROWS + 2, num_stages=ROW_STAGES):
         r = r0 - 1 + k
         if GATHER:
-            # One load (and one SiLU) per input element, issued a row ahead (the loop's loads would otherwise wait
-            # on its arithmetic); the shifted copies come from registers / shared memory.
-            xa1 = _silu(pre_a.to(tl.float32), SILU_IN)
-            xg1 = _silu(pre_g.to(tl.float32), SILU_IN)
-            pre_a, pre_g = _raw_row(a_base, r + 1, s_ah, s_aw, j, c, H, W, M, c_ok, k + 1 < ROWS + 2)
+            # One load (and one SiLU) per input element, issued ahead of its use: a row ahead by hand, or
+            # ROW_STAGES - 1 rows ahead by Triton's pipeliner (asynchronous copies into shared memory); the
+            # shifted copies come from registers / shared memory.
+            if ROW_STAGES == 1:
+                raw_a, raw_g = pre_a, pre_g
+                pre_a, pre_g = _raw_row(a_base, r + 1, s_ah, s_aw, j, c, H, W, M, c_ok, k + 1 < ROWS + 2)
+            else:
+                raw_a, raw_g = _raw_row(a_base, r, s_ah, s_aw, j, c, H, W, M, c_ok, True)
+            xa1 = _silu(raw_a.to(tl.float32), SILU_IN)
+            xg1 = _silu(raw_g.to(tl.float32), SILU_IN)
             xa0 = tl.where(keep_l, tl.gather(xa1, idx_l, 0), 0.0)
             xg0 = tl.where(keep_l, tl.gather(xg1, idx_l, 0), 0.0)
             xa2 = tl.where(keep_r, tl.gather(xa1, idx_r, 0), 0.0)
@@ -278,11 +291,11 @@ def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None, confi
         grid = (triton.cdiv(H * W, size), triton.cdiv(M, block_c), N)
         _depthwise_glu_tiles_kernel[grid](act, weight, b, out, scale, H, W, M, *strides, BLOCK_P=size,
                                           ROW_LOOP=kind != "tiles", ROW_STAGES=TILES_KINDS[kind], **common)
-    elif kind in ("rows", "rows_gather"):
+    elif kind in ROWS_KINDS:
         grid = (triton.cdiv(M, block_c), N, triton.cdiv(H, size))
         _depthwise_glu_rows_kernel[grid](act, weight, b, out, scale, H, W, M, *strides, ROWS=size,
-                                         BLOCK_W=max(2, triton.next_power_of_2(W)), GATHER=kind == "rows_gather",
-                                         **common)
+                                         BLOCK_W=max(2, triton.next_power_of_2(W)), GATHER=kind != "rows",
+                                         ROW_STAGES=ROWS_KINDS[kind], **common)
     else:
         raise ValueError(f"depthwise_glu_triton: unknown launch kind {kind!r}")
     return out
