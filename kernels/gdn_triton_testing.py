@@ -211,12 +211,16 @@ def default_resource_cases() -> list[tuple]:
     from kernels import glu_conv_triton as gc
 
     kind, size, block_c, warps, silu_inside = gc.CONFIG
+    types = {"p_act": "*bf16", "p_w": "*bf16", "p_b": "*bf16", "p_out": "*fp8e4nv"}
+    common = {"HAS_BIAS": True, "SILU_IN": 2 if silu_inside else 0, "OUT_FP8": True, "BLOCK_C": block_c, "s_wc": 1}
     if kind in gc.TILES_KINDS:
         cases.append(("depthwise_glu", gc._depthwise_glu_tiles_kernel,
-                      {"HAS_BIAS": True, "SILU_IN": 2 if silu_inside else 0, "OUT_FP8": True, "BLOCK_P": size,
-                       "BLOCK_C": block_c, "s_wc": 1, "ROW_LOOP": kind != "tiles",
-                       "ROW_STAGES": gc.TILES_KINDS[kind]},
-                      {"p_act": "*bf16", "p_w": "*bf16", "p_b": "*bf16", "p_out": "*fp8e4nv"}, warps, 3))
+                      {**common, "BLOCK_P": size, "ROW_LOOP": kind != "tiles", "ROW_STAGES": gc.TILES_KINDS[kind]},
+                      types, warps, 3))
+    elif kind in gc.ROWS_KINDS:   # W = 40 columns: rows of 64 lanes
+        cases.append(("depthwise_glu", gc._depthwise_glu_rows_kernel,
+                      {**common, "ROWS": size, "BLOCK_W": 64, "GATHER": kind != "rows",
+                       "ROW_STAGES": gc.ROWS_KINDS[kind]}, types, warps, 3))
     return cases
 
 
