@@ -248,11 +248,16 @@ class WorldServer:
                  model_name: str | None = None, fast=None):
         from runtime.pipeline import load_generator
 
+        config = config or ServerConfig()
+        fast_path = fast if isinstance(generator, str) else getattr(generator, "fast", None)
+        if fast_path is not None and fast_path.cuda_graphs and config.model_slots > 1:
+            # a CUDA-graph capture must not overlap another thread's chunk on the device
+            raise ValueError(f"CUDA graphs need model_slots = 1 (chunks one at a time), got {config.model_slots}")
         if isinstance(generator, str):
             model_name = model_name or generator
             generator = load_generator(generator, device=device, fast=fast)
         self.gen = generator
-        self.config = config or ServerConfig()
+        self.config = config
         self.model_name = model_name or generator.config.name
         self.device = str(next(generator.model.parameters()).device)
         self._token = None if self.config.token is None else self.config.token.encode("utf-8")

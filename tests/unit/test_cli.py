@@ -122,6 +122,10 @@ def test_fast_path_options_and_generator(caplog):
     assert session.cuda_graphs is False                     # requested, but this is the CPU
     server = WorldServer("tiny-world", fast=FastPath(precision="nvfp4"))
     assert server.gen.fast.precision == "nvfp4"
+    from runtime.server import ServerConfig
+
+    with pytest.raises(ValueError, match="model_slots = 1"):
+        WorldServer("tiny-world", ServerConfig(model_slots=2), fast=FastPath(cuda_graphs=True))
     client = LocalClient("tiny-world", fast=FastPath(precision="nvfp4"))
     client.open_session(seed=1)
     assert client._gen.fast.precision == "nvfp4"
