@@ -455,8 +455,11 @@ class Explorer:
         else:
             path = Path(self.opts.out_dir) / time.strftime("explorer-%Y%m%d-%H%M%S.mp4")
             path = _numbered(path, 1 + sum(1 for p in self.recordings if p.stem.startswith(path.stem)))
+        # A local model's fast path is known (a replay follows its precision); a server's is not.
+        fast = self.opts.fast if self.opts.fast is not None and not self.opts.connect else None
         self.recorder = Recorder(path, info=self.info, walk=self.walk, seed=self.seed, prompt=self.opts.prompt,
-                                 image=self.opts.image, model=self.info.model)
+                                 image=self.opts.image, model=self.info.model,
+                                 fast_path=None if fast is None else fast.to_dict())
         self.recordings.append(path)
 
     def _stop_recording(self) -> None:

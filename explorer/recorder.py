@@ -83,10 +83,11 @@ class Recorder:
         walk: the app's `WalkLog` (read at every flush).
         seed, prompt, image, model: what the session was opened with (image: a file path or None for the
             built-in start image).
+        fast_path: the local model's `FastPath.to_dict()` (None: unknown, a remote model's).
     """
 
     def __init__(self, path: str | Path, *, info: SessionInfo, walk: WalkLog, seed: int, prompt: str,
-                 image: str | None, model: str):
+                 image: str | None, model: str, fast_path: dict | None = None):
         from runtime.video import Mp4Writer
 
         self.path = Path(path)
@@ -109,7 +110,7 @@ class Recorder:
         image_ref = None if image is None else str(Path(image).resolve())
         self._meta = {
             "kind": "sana-wm-walk", "version": SIDECAR_VERSION, "source": "sana-wm explore",
-            "model": model, "seed": int(seed), "prompt": prompt, "image": image_ref,
+            "model": model, "fast_path": fast_path, "seed": int(seed), "prompt": prompt, "image": image_ref,
             "image_sha256": file_sha256(image_ref), "fps": info.fps, "intrinsics": None, "image_hw": None,
         }
         self.flush()

@@ -541,7 +541,10 @@ def _tiny_world_ready() -> str | None:
 
 
 @pytest.mark.slow
-def test_real_local_client_records_and_replays_identically(tmp_path):
+@pytest.mark.parametrize("precision", ["bf16", "fp8"])
+def test_real_local_client_records_and_replays_identically(tmp_path, precision):
+    """A live headless walk on the real local model, recorded, then replayed by `sana-wm render --replay` frame for
+    frame; on the FP8 fast path too (the sidecar records it and the replay follows it)."""
     reason = _tiny_world_ready()
     if reason:
         pytest.skip(reason)
@@ -555,10 +558,11 @@ def test_real_local_client_records_and_replays_identically(tmp_path):
     rec, replay = tmp_path / "live.mp4", tmp_path / "replay.mp4"
     script = "w-12,d-8,none-10"                               # 31 frames: two chunks, the second cut short
     assert main(["explore", "--headless", "--script", script, "--record", str(rec), "--image", str(image),
-                 "--seed", "3", "--prompt", "a test walk", "--window", "256x144"]) == 0
+                 "--seed", "3", "--prompt", "a test walk", "--window", "256x144", "--precision", precision]) == 0
     live, _ = read_mp4(rec)
     assert len(live) == 31
     log = json.loads(rec.with_suffix(".json").read_text())
+    assert log["fast_path"]["precision"] == precision
     np.testing.assert_array_equal(np.asarray(log["c2w"])[:31], actions_to_c2w(script))
     assert main(["render", "--replay", str(rec.with_suffix(".json")), "--out", str(replay), "-q"]) == 0
     again, _ = read_mp4(replay)
