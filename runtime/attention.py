@@ -104,19 +104,28 @@ class CameraAttention(nn.Module):
             return self._input_stack(x)
         return [m(x) for m in self._input_layers()]
 
+    _gate_stack: StackedLinears | None = None
+    """gate_proj alone with its FP8 weight stored padded to 32 rows (`stack_input_projections_`), or None."""
+
     def stack_input_projections_(self) -> bool:
         """Stack the layers that read the block input (`_input_layers`) into one GEMM (runtime.stacked_linear:
-        their weights become views of one matrix; same names, shapes and values). `compile_blocks` does this, after
-        any FP8 calibration. Returns whether it stacked (plain bf16 / fp32 layers, or per-tensor FP8 layers with
-        one input scale; NVFP4 layers keep their own GEMMs)."""
+        their weights become views of one matrix; same names, shapes and values), and store an FP8 gate_proj's
+        weight padded once (it reads the frame mean). `compile_blocks` does this, after any FP8 calibration.
+        Returns whether it stacked (plain bf16 / fp32 layers, or per-tensor FP8 layers with one input scale;
+        NVFP4 layers keep their own GEMMs)."""
         self._input_stack = StackedLinears.stack(self._input_layers())
+        self._gate_stack = StackedLinears.stack([self.gate_proj])
         return self._input_stack is not None
 
     def gates(self, x: Tensor, beta_logits: Tensor) -> tuple[Tensor, Tensor]:
         """beta [B, H, T, S] per token (from beta_proj(x), `beta_logits`) and decay g [B, H, T] per frame, from
         the block input."""
         beta = torch.sigmoid(beta_logits.float()).permute(0, 3, 1, 2)
-        pooled = self.gate_proj(x.mean(dim=2)).float()                     # [B, T, H]
+        frame_mean = x.mean(dim=2)                                          # [B, T, C]
+        if self._gate_stack is not None:
+            pooled = self._gate_stack(frame_mean)[0].float()                # [B, T, H]
+        else:
+            pooled = self.gate_proj(frame_mean).float()
         g = torch.exp(-torch.exp(self.A_log.float()) * F.softplus(pooled + self.dt_bias.float()))
         return beta, g.permute(0, 2, 1)
 
@@ -149,7 +158,7 @@ class CameraAttention(nn.Module):
         # .to() / .cuda() converted the views one by one: stack them again
         if getattr(self, "_camera_qkv", None) is not None:
             self.fuse_camera_projections_()
-        if self._input_stack is not None:
+        if self._input_stack is not None or self._gate_stack is not None:
             self.stack_input_projections_()
         return out
 

@@ -41,8 +41,10 @@ class StackedLinears:
     def stack(cls, layers: list[nn.Module]) -> StackedLinears | None:
         """Stack `layers` (their weights become views of the stacked matrix), or None where they cannot be:
         mixed or other kinds (NVFP4, per-block FP8), different input sizes, dtypes or devices, or FP8 layers
-        whose static input scales differ (they would quantize the shared input differently)."""
-        if len(layers) < 2:
+        whose static input scales differ (they would quantize the shared input differently). A single FP8 layer
+        whose output size is not a multiple of 16 is "stacked" alone: its weight is then stored padded once
+        (torch._scaled_mm needs N % 16 == 0) instead of padded on every call."""
+        if not layers:
             return None
         first = layers[0]
         if all(type(m) is nn.Linear for m in layers):
@@ -61,6 +63,8 @@ class StackedLinears:
             return None
         n = sum(m.out_features for m in layers)
         pad = -n % ROW_MULTIPLE
+        if len(layers) == 1 and not (fp8 and pad):
+            return None
         with torch.no_grad():
             # torch.cat has no float8 kernel on every backend: stack the bytes.
             raw = [m.weight.detach().view(torch.uint8) if fp8 else m.weight.detach() for m in layers]

@@ -267,11 +267,15 @@ def test_stacked_fp8_input_projections_match_separate_layers(static):
             assert blk.attn.stack_input_projections_()
         assert len(stacked.blocks[0].attn._input_stack.layers) == 3           # a GDN block: qkv, gate, beta
         assert len(stacked.blocks[3].attn._input_stack.layers) == 2           # the softmax block
+        gate = stacked.blocks[0].attn._gate_stack                             # gate_proj (N = 2 heads) padded
+        assert gate.weight.shape[0] == 16 and gate.weight.data_ptr() == stacked.blocks[0].attn.gate_proj.weight.data_ptr()
         h = torch.randn(1, 4, model.cfg.tokens_per_frame, model.cfg.hidden_size)
         for blk, ref in zip(stacked.blocks, model.blocks):
             layers = ref.attn._input_layers()
             for y, m in zip(blk.attn.input_projections(h), layers, strict=True):
                 assert rel_err(y, m(h)) < 1e-5
+            if not blk.is_softmax:
+                assert rel_err(blk.attn._gate_stack(h.mean(2))[0], ref.attn.gate_proj(h.mean(2))) < 1e-5
         # (the model's output moves by the odd E4M3 rounding step its layers now take on the other side)
         assert rel_err(stacked(x, ts, text, cam, plk), want) < 1e-2
         if static:
