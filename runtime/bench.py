@@ -190,6 +190,14 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
         "overlap_decode": overlap,
         "kernels": __import__("os").environ.get("SANA_WM_KERNELS", "auto"),
     }
+    if compile:   # what compile_blocks did, for the record (both have environment switches for A/Bs)
+        from runtime.model import STACK_INPUT_PROJECTIONS
+
+        result["stacked_input_projections"] = STACK_INPUT_PROJECTIONS
+    if cuda:
+        from kernels.glu_conv_triton import CONFIG as GLU_CONFIG
+
+        result["depthwise_glu_launch"] = ",".join(str(v) for v in GLU_CONFIG)
     passes = len(cfg.denoising_timesteps)   # denoising steps + the cache pass
     cached = cfg.first_chunk_size + cfg.chunk_size * max(0, cfg.kv_cache_chunks - 1)
     flops = chunk_flops(cfg, cfg.chunk_size, cached, passes)

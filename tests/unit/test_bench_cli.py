@@ -41,7 +41,9 @@ def test_bench_bf16_has_no_scope(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", "--device", "cpu", "--model", "tiny-world", "--chunks", "1", "--warmup", "1",
                  "--no-decode", "--json", str(out)]) == 0
-    assert json.loads(out.read_text())["quant_scope"] is None
+    r = json.loads(out.read_text())
+    assert r["quant_scope"] is None
+    assert "stacked_input_projections" not in r and "depthwise_glu_launch" not in r    # no compile, no CUDA
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
