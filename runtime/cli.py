@@ -70,7 +70,7 @@ def cmd_info(args) -> int:
 def cmd_render(args) -> int:
     import torch
 
-    from runtime.pipeline import load_generator
+    from runtime.pipeline import check_device, load_generator
     from runtime.render import (
         load_sidecar,
         plan_from_actions,
@@ -82,6 +82,7 @@ def cmd_render(args) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".mp4":
         raise UsageError(f"--out must name an .mp4 file, got {args.out!r}")
+    check_device(args.device)
     sources = [s for s in (args.actions, args.camera, args.replay) if s is not None]
     if len(sources) != 1:
         raise UsageError("give exactly one of --actions, --camera or --replay")
@@ -201,8 +202,10 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from runtime.pipeline import check_device
     from runtime.server import serve_command
 
+    check_device(args.device)
     return serve_command(host=args.host, port=args.port, model=args.model, device=args.device,
                          max_sessions=args.max_sessions, token_file=args.token_file, fast=_fast_path(args))
 
@@ -222,7 +225,11 @@ def cmd_explore(args) -> int:
         raise UsageError(f"--record must name an .mp4 file, got {args.record!r}")
     if args.image is not None and not Path(args.image).is_file():
         raise UsageError(f"--image: no such file {args.image!r}")
-    if args.connect is not None:
+    if args.connect is None:
+        from runtime.pipeline import check_device
+
+        check_device(args.device)             # before a window opens
+    else:
         parse_hostport(args.connect)          # raises ValueError on a malformed HOST:PORT
         if _fast_path_asked(args):
             raise UsageError("--precision / --compile set up a local model: give them to `sana-wm serve` instead")

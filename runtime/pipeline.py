@@ -108,6 +108,24 @@ def _resolve_model_dir(name: str) -> tuple[ModelConfig, Path | None]:
     return cfg, resolve_weights(GENERATOR_WEIGHTS[cfg.name], what=f"{cfg.name} generator (DiT)")
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """`device` as a torch.device, or a GeneratorError saying why it cannot run here (no such device type, or no
+    CUDA GPU visible to this torch)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise GeneratorError(f"unknown device {str(device)[:40]!r}: use cpu or cuda") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise GeneratorError(f"device {dev.type!r} is not supported: use cpu or cuda")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise GeneratorError(f"--device {device}: {why} (torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise GeneratorError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return dev
+
+
 def load_generator(model: str = DEFAULT_MODEL, *, device: str | torch.device = "cpu",
                    dtype: torch.dtype | None = None, random_weights: bool = False,
                    allow_download: bool | None = None, fast: FastPath | None = None) -> Generator:
@@ -119,7 +137,7 @@ def load_generator(model: str = DEFAULT_MODEL, *, device: str | torch.device = "
     from runtime.decoder import load_autoencoder
     from runtime.text_encoder import load_text_encoder
 
-    device = torch.device(device)
+    device = check_device(device)
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         # The tiny model's tensors are small: one thread is as fast when the machine is idle and many times
         # faster when anything else (the explorer's UI thread, a server's I/O) wants a core.

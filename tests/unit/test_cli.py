@@ -89,6 +89,14 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path):
     assert r.returncode == 2 and "torch-backend options" in r.stderr and r.stderr.count("\n") == 1
     r = run_cli("explore", "--connect", "127.0.0.1:7717", "--compile", "--headless", "--script", "w-8")
     assert r.returncode == 2 and "sana-wm serve" in r.stderr
+    # a device this machine does not have: one line, before anything loads or a window opens
+    r = run_cli("render", "--actions", "w-10", "--device", "gpu", "--out", str(out))
+    assert r.returncode == 2 and "unknown device 'gpu'" in r.stderr and r.stderr.count("\n") == 1
+    if not torch.cuda.is_available():
+        for cmd in (("render", "--actions", "w-10", "--out", str(out)), ("explore", "--headless", "--script", "w-8"),
+                    ("serve", "--port", "0")):
+            r = run_cli(*cmd, "--device", "cuda")
+            assert r.returncode == 2 and "use --device cpu" in r.stderr and r.stderr.count("\n") == 1, cmd
     assert not out.exists() and not out.with_suffix(".json").exists()
 
 
