@@ -11,6 +11,8 @@ import runtime
 ASSETS = Path(__file__).resolve().parent / "assets"
 DEFAULT_IMAGE = ASSETS / "start.png"
 DEFAULT_PROMPT = "a sunny meadow with trees and houses"
+MIN_WINDOW, MAX_WINDOW = 64, 16384
+"""Bounds of each side of `explore --window` (the HUD needs some room; GL textures stop at 16384)."""
 
 
 class UsageError(Exception):
@@ -237,6 +239,8 @@ def cmd_explore(args) -> int:
         w, h = (int(v) for v in args.window.lower().split("x"))
     except ValueError:
         raise UsageError(f"--window: expected WIDTHxHEIGHT, got {args.window!r}") from None
+    if not (MIN_WINDOW <= w <= MAX_WINDOW and MIN_WINDOW <= h <= MAX_WINDOW):
+        raise UsageError(f"--window: each side must be in [{MIN_WINDOW}, {MAX_WINDOW}] pixels, got {w}x{h}")
     opts = ExploreOptions(image=args.image, prompt=DEFAULT_PROMPT if args.prompt is None else args.prompt,
                           model=args.model, device=args.device, connect=args.connect,
                           token=args.token or os.environ.get("SANA_WM_TOKEN"), seed=args.seed,

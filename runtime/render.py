@@ -45,7 +45,7 @@ class WalkPlan:
 def plan_from_actions(actions: str, frames: int | None, **speeds) -> WalkPlan:
     keys = parse_actions(actions)            # raises ValueError naming the segment
     c2w = actions_to_c2w(keys, **speeds)
-    n = snap_num_frames(frames or len(c2w), max_frames=len(c2w) if frames is None else None)
+    n = snap_num_frames(len(c2w) if frames is None else frames, max_frames=len(c2w) if frames is None else None)
     return WalkPlan(_extend(c2w, n), n, actions=format_actions(keys))
 
 
@@ -54,7 +54,7 @@ def plan_from_camera(path: str, intrinsics_path: str | None, frames: int | None)
     if frames is not None and frames > cam.num_frames:
         raise RenderInputError(f"--frames {frames} is longer than the camera path ({cam.num_frames} frames in "
                                f"{path})")
-    n = snap_num_frames(frames or cam.num_frames, max_frames=cam.num_frames)
+    n = snap_num_frames(cam.num_frames if frames is None else frames, max_frames=cam.num_frames)
     intr = cam.intrinsics
     if intrinsics_path is not None:
         intr = load_intrinsics(intrinsics_path, cam.num_frames)

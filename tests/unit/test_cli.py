@@ -89,6 +89,10 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path):
     assert r.returncode == 2 and "torch-backend options" in r.stderr and r.stderr.count("\n") == 1
     r = run_cli("explore", "--connect", "127.0.0.1:7717", "--compile", "--headless", "--script", "w-8")
     assert r.returncode == 2 and "sana-wm serve" in r.stderr
+    r = run_cli("render", "--actions", "w-10", "--frames", "0", "--out", str(out))
+    assert r.returncode == 2 and "must be >= 1, got 0" in r.stderr           # 0 is not "all of the path"
+    r = run_cli("explore", "--headless", "--script", "w-8", "--window", "0x0")
+    assert r.returncode == 2 and "--window: each side" in r.stderr
     # a device this machine does not have: one line, before anything loads or a window opens
     r = run_cli("render", "--actions", "w-10", "--device", "gpu", "--out", str(out))
     assert r.returncode == 2 and "unknown device 'gpu'" in r.stderr and r.stderr.count("\n") == 1
