@@ -13,7 +13,7 @@ source bench/gpu_setup.sh
 echo "== GPU tests"
 timeout 340 python3 -m pytest tests/gpu/test_glu_conv_gpu.py tests/gpu/test_streaming_gpu.py tests/unit/test_quant.py \
   tests/gpu/test_fast_path_render_gpu.py \
-  -q -p no:cacheprovider -k "glu or prequantized or compiled_graph_step or gpu_fp8_linear_stacked or render" \
+  -q -p no:cacheprovider -k "glu or prequantized or compiled_graph_step or stacked or render" \
   -rfE 2>&1 \
   | grep -E "passed|failed|FAILED|Error|assert" | tail -12
 echo "== depthwise sweep"
