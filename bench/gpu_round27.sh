@@ -1,20 +1,16 @@
 #!/usr/bin/env bash
-# Round 27 (prepared in sessions 11-12 while no device time was left; ~6-8 min, carry .whl with diffusers):
-#   1. GPU tests: the depthwise + GLU kernel at every sweep choice (the row-loop kinds of session 11 and the
-#      gather kind of session 12 included), the compiled full config against eager (now with each attention
-#      block's input projections stacked into one GEMM, session 12), the stacked FP8 GEMM against separate
-#      torch._scaled_mm calls, and render's new GPU fast path (FP8 + compile + CUDA graphs on the embedded model)
+# Round 27 (prepared in sessions 11-12 while no device time was left; ~5-6 min, carry .whl with diffusers):
+#   1. GPU tests of the depthwise + GLU kernel at every sweep choice (the row-loop kinds of session 11, the
+#      gather kinds of session 12) and of the FFN with the E4M3-output launch
 #   2. the depthwise launch sweep (new: tiles_rowloop, tiles_rowpipe, 8-warp shapes, and rows_gather /
-#      rows_gatherpipe4 / rows_gatherpipe6: one load and one SiLU per input element, 1 / 3 / 5 rows in flight)
-# Then round 27b (the generator: official+tconv, the sweep's fastest launch, the stacking A/B), 27c (GEMM
-# autotuning, profile), 27d (coordinate descent).
+#      rows_gatherpipe4 / rows_gatherpipe6: one load and one SiLU per input element, 1 / 3 / 5 rows in flight);
+#      prints the fastest launch
+# Then round 27b (the other GPU tests, the generator over official+tconv with the default and the fastest launch),
+# 27c (the stacking A/B, GEMM autotuning), 27d (coordinate descent, profile).
 source bench/gpu_setup.sh
 {
-echo "== GPU tests"
-timeout 340 python3 -m pytest tests/gpu/test_glu_conv_gpu.py tests/gpu/test_streaming_gpu.py tests/unit/test_quant.py \
-  tests/gpu/test_fast_path_render_gpu.py \
-  -q -p no:cacheprovider -k "glu or prequantized or compiled_graph_step or stacked or render" \
-  -rfE 2>&1 \
+echo "== GPU tests: depthwise + GLU"
+timeout 200 python3 -m pytest tests/gpu/test_glu_conv_gpu.py -q -p no:cacheprovider -rfE 2>&1 \
   | grep -E "passed|failed|FAILED|Error|assert" | tail -12
 echo "== depthwise sweep"
 timeout 170 python3 -m bench.kernels --quick --only depthwise_glu,depthwise_glu_sweep \
