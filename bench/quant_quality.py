@@ -79,6 +79,13 @@ def run(chunks: int = 3, seed: int = 0) -> dict:
                                                             seed + 1))
         frames = walk_frames(replace(base, model=net), WALK, chunks, seed)
         results[key] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(net))}
+    # The same official+tconv model with each attention block's input projections stacked into one GEMM (what
+    # compile_blocks runs; with static scales the stacked outputs take one more bf16 rounding).
+    net = copy.deepcopy(static["official+tconv"])
+    for blk in net.blocks:
+        blk.attn.stack_input_projections_()
+    frames = walk_frames(replace(base, model=net), WALK, chunks, seed)
+    results["fp8_static_tconv_stacked"] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(net))}
     # FP8 attention in the softmax blocks (E4M3 q, k, v and probabilities, `quant.enable_fp8_attention_`, emulated):
     # on the bf16 model with every operand rounded, then each operand alone (which rounding costs the quality),
     # then on top of the FP8 static linears.
