@@ -40,12 +40,13 @@ TILES_KINDS = {"tiles": 1, "tiles_rowloop": 1, "tiles_rowpipe": 3}
 """The tiles kernel's launch kinds: nine taps unrolled; the tap rows as a loop; the same loop software-pipelined
 (value: the loop's pipeline stages)."""
 
-CONFIG = ("tiles", 32, 64, 4, False)
+CONFIG = ("rows_gather", 22, 16, 8, True)
 """(kind, positions or rows per program, channels per program, warps, SiLU of the input inside the kernel; when
-False a `silu_input` call first runs a separate SiLU pass). H200, round 24 (taps read tap-major, bf16): tiles
-32 x 64 took 0.139 ms with the SiLU pass at the full model's chunk shape, the former 16 x 128 0.264 ms (0.149 in
-round 11 with fp32 stride-9 taps; with bf16 tap-major taps its 128-channel blocks spill); the generator went from
-154.8 to 144.5 ms per chunk (FP8 static). `bench.kernels --only depthwise_glu_sweep` times every choice."""
+False a `silu_input` call first runs a separate SiLU pass). H200, round 27 (2026-12-02) at the full model's chunk
+shape: rows_gather 22 rows x 16 channels x 8 warps with SiLU inside, 0.112 ms, against 0.139 ms for the former
+default (tiles 32 x 64 x 4 and a separate SiLU pass; round 24 had taken the generator from 154.8 to 144.5 ms per
+chunk with it); FP8 static generator 144.8 -> 140.5 ms per chunk (round 27b, official+tconv scope).
+`bench.kernels --only depthwise_glu_sweep` times every choice."""
 if os.environ.get("SANA_WM_GLU_CONFIG"):   # e.g. "rows,22,16,4,1": a launch choice to time without editing CONFIG
     _kind, *_ints = os.environ["SANA_WM_GLU_CONFIG"].split(",")
     CONFIG = (_kind, *(int(v) for v in _ints[:3]), _ints[3] == "1")
