@@ -8,7 +8,7 @@ the camera / Plucker projections and the FFN temporal conv) and walks the same p
 with static activation scales (max calibration on another walk, `fp8_static`; over the official+tconv scope
 `fp8_static_tconv`), and with FP8 attention in the softmax
 blocks (`attn_fp8` on the bf16 model, `attn_fp8_<operand>_only` rounding one of q, k, v, p, `fp8_static_attn_fp8`
-on top of the static FP8 linears). Reported
+on top of the static FP8 linears; `attn_int8qk_fp8pv` / `fp8_static_attn_int8qk_fp8pv` with INT8 per-token q and k). Reported
 per format and scope: mean / min frame PSNR against the bf16 frames, and how many layers were quantized.
 The fp32 model is reported too, as the scale of "differences that do not matter".
 """
@@ -96,10 +96,14 @@ def run(chunks: int = 3, seed: int = 0) -> dict:
         enable_fp8_attention_(attn_only, operands)
         key = "attn_fp8" if operands == "qkvp" else f"attn_fp8_{operands}_only"
         results[key] = frame_psnr(walk_frames(replace(base, model=attn_only), WALK, chunks, seed), ref)
+    # INT8 q and k with per-token scales, E4M3 values and probabilities (SageAttention's recipe).
+    enable_fp8_attention_(attn_only, "ivp")
+    results["attn_int8qk_fp8pv"] = frame_psnr(walk_frames(replace(base, model=attn_only), WALK, chunks, seed), ref)
     net = static["official"]
-    enable_fp8_attention_(net)
-    frames = walk_frames(replace(base, model=net), WALK, chunks, seed)
-    results["fp8_static_attn_fp8"] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(net))}
+    for operands, key in (("qkvp", "fp8_static_attn_fp8"), ("ivp", "fp8_static_attn_int8qk_fp8pv")):
+        enable_fp8_attention_(net, operands)
+        frames = walk_frames(replace(base, model=net), WALK, chunks, seed)
+        results[key] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(net))}
     return {"bench": "quant_quality", "date": datetime.date.today().isoformat(), "commit": git_commit(),
             "device": platform.processor() or platform.machine(), "torch": torch.__version__, "model": "tiny-world",
             "walk": WALK, "chunks": chunks, "frames": len(ref), "reference": "bf16", "results": results}

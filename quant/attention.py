@@ -8,6 +8,11 @@ descale per tensor); the scores are fp32; each row's probabilities relative to t
 rounded to E4M3 after scaling by 448 (`P_SCALE`); the value product accumulates in fp32 and the row sum of the
 unrounded probabilities divides it. (The kernels round P against the running maximum of their online softmax;
 the difference is below one E4M3 rounding of P.)
+
+Measured on the shipped model (docs/quantization.md): E4M3 keys cost the most (35.6 dB alone); subtracting the
+keys' mean first (SageAttention's K smoothing, exact for softmax) does not help here (35.2 dB), but INT8 q and k with
+one scale per token do: 47.7 dB with E4M3 values and probabilities ("ivp"), 39.6 dB on top of the FP8 static
+linears against 39.7 without FP8 attention.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from torch import Tensor, nn
 
 from quant.fp8 import E4M3_MAX, quantize_fp8_per_tensor
 
-__all__ = ["P_SCALE", "attention_fp8", "enable_fp8_attention_", "sdpa_fp8_reference"]
+__all__ = ["P_SCALE", "attention_fp8", "enable_fp8_attention_", "quantize_int8_per_token", "sdpa_fp8_reference"]
 
 P_SCALE = E4M3_MAX
 """Probabilities in (0, 1] times 448 fill E4M3's range; the smallest kept is 2^-9 / 448 ~ 4.4e-6 of the row max."""
@@ -36,8 +41,15 @@ def _check(q: Tensor, k: Tensor, v: Tensor, scales) -> None:
 
 
 def _check_operands(operands: str, who: str) -> None:
-    if not set(operands) <= set("qkvp"):
-        raise ValueError(f"{who}: operands must be letters of 'qkvp', got {operands!r}")
+    if not set(operands) <= set("qkvpi") or ("i" in operands and set("qk") & set(operands)):
+        raise ValueError(f"{who}: operands must be letters of 'qkvp', or 'i' (q and k in INT8) with 'v' / 'p', "
+                         f"got {operands!r}")
+
+
+def quantize_int8_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
+    """x [..., D] -> (int8 codes, fp32 scales [..., 1]): symmetric, one scale per token (amax / 127)."""
+    scale = x.float().abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127
+    return (x.float() / scale).round().clamp(-127, 127).to(torch.int8), scale
 
 
 def _softmax_numerator(s: Tensor) -> tuple[Tensor, Tensor]:
@@ -65,8 +77,10 @@ def attention_fp8(q: Tensor, k: Tensor, v: Tensor, scale: float, attn_mask: Tens
                   operands: str = "qkvp") -> Tensor:
     """F.scaled_dot_product_attention(q, k, v, scale=scale) with q, k, v rounded to E4M3 under dynamic
     per-tensor scales and P to E4M3 (result in q's dtype). `operands` names the ones rounded (any of "q", "k",
-    "v", "p"; the others stay exact: for finding which rounding costs the quality). A mask (not in the streaming
-    steady state) keeps the exact attention, as the FP8 kernels this stands for take none."""
+    "v", "p"; the others stay exact: for finding which rounding costs the quality); "i" rounds q and k to INT8
+    with one scale per token instead (`quantize_int8_per_token`: SageAttention's recipe for the score product;
+    "ivp" adds E4M3 values and probabilities). A mask (not in the streaming steady state) keeps the exact
+    attention, as the FP8 kernels this stands for take none."""
     if attn_mask is not None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
     if set(operands) == set("qkvp"):
@@ -75,6 +89,9 @@ def attention_fp8(q: Tensor, k: Tensor, v: Tensor, scale: float, attn_mask: Tens
     _check_operands(operands, "attention_fp8")
 
     def rounded(x: Tensor, name: str) -> Tensor:
+        if "i" in operands and name in "qk":
+            x8, s = quantize_int8_per_token(x)
+            return x8.float() * s
         if name not in operands:
             return x.float()
         x8, s = quantize_fp8_per_tensor(x)
@@ -90,7 +107,8 @@ def attention_fp8(q: Tensor, k: Tensor, v: Tensor, scale: float, attn_mask: Tens
 def enable_fp8_attention_(model: nn.Module, operands: str = "qkvp") -> int:
     """Switch every softmax block's self-attention (main and camera branches) to E4M3 inputs and probabilities
     (`quant.attention`, emulated in PyTorch: slow, for measuring quality); `operands` picks which of q, k, v
-    and p are rounded ("" switches it off). Cross-attention stays bf16. Returns how many blocks it set."""
+    and p are rounded ("" switches it off; "i": q and k in INT8 with per-token scales). Cross-attention stays
+    bf16. Returns how many blocks it set."""
     from runtime.attention import SoftmaxAttention
 
     _check_operands(operands, "enable_fp8_attention_")

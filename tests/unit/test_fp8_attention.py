@@ -101,3 +101,23 @@ def test_switch_on_the_model_changes_only_the_softmax_blocks_attention():
         assert torch.equal(model(x, ts, text, cam, plk), want)
         with pytest.raises(ValueError, match="qkvp"):
             enable_fp8_attention_(model, "qx")
+
+
+def test_int8_per_token_scores_are_closer_than_fp8():
+    """INT8 q and k with one scale per token ("i"): each code within half a step of its token's scale, and the
+    attention (with E4M3 values and probabilities, "ivp") far closer to exact than all-E4M3, whose keys' 3-bit
+    mantissas move the logits. Mixing "i" with "q" / "k" is refused."""
+    from quant.attention import quantize_int8_per_token
+
+    q, k, v = _qkv(seed=3)
+    k8, sk = quantize_int8_per_token(k)
+    assert k8.dtype == torch.int8 and sk.shape == (*k.shape[:-1], 1)
+    assert int(k8.abs().amax(dim=-1).min()) == 127                     # every token's amax maps to the top code
+    assert float(((k8.float() * sk - k).abs() / sk).max()) <= 0.5 + 1e-4
+    scale = 0.25
+    exact = F.scaled_dot_product_attention(q, k, v, scale=scale)
+    int8_qk = rel_err(attention_fp8(q, k, v, scale, operands="ivp"), exact)
+    assert int8_qk < 0.5 * rel_err(attention_fp8(q, k, v, scale), exact)
+    assert rel_err(attention_fp8(q, k, v, scale, operands="i"), exact) < int8_qk
+    with pytest.raises(ValueError, match="INT8"):
+        attention_fp8(q, k, v, scale, operands="ik")
