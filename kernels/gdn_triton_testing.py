@@ -140,7 +140,7 @@ def compile_resources(kernel, constexprs: dict, arg_types: dict | None = None, *
             sig[name] = "i32"
     consts = {(kernel.arg_names.index(k),): v for k, v in constexprs.items()}
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(kernel.arg_names)
-             if sig[name].startswith("*") or name in divisible}
+             if sig[name] != "constexpr" and (sig[name].startswith("*") or name in divisible)}
     compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32),
                               options={"num_warps": num_warps, "num_stages": num_stages})
@@ -160,10 +160,12 @@ def compile_resources(kernel, constexprs: dict, arg_types: dict | None = None, *
 
 
 STREAMING_DIVISIBLE = tuple(f"stride_{t}{d}" for t in ("q", "k", "kr", "v", "qr") for d in ("b", "h", "t", "s")) + (
-    "S", "D", "DK", "DV", "M", "s_an", "s_ah", "s_aw", "s_on", "s_oh", "s_ow", "s_wr", "s_ws")
+    "S", "D", "DK", "DV", "M", "s_an", "s_ah", "s_aw", "s_on", "s_oh", "s_ow", "s_wr", "s_ws", "N", "s_qb", "s_qh",
+    "s_qm", "s_qsb", "s_qsh", "s_kb", "s_kh", "s_kn", "s_ksb", "s_ksh", "s_vb", "s_vh", "s_vd", "s_ob", "s_oh", "s_om")
 """Int arguments divisible by 16 at the streaming shape (S = 880, D = 112 and the strides of [B, H, T, S, D]
-tensors; the depthwise + GLU kernel's M = 6720 and channels-last strides), which the JIT specializes on; beta's
-strides (H = 20 per token) and T are not."""
+tensors; the depthwise + GLU kernel's M = 6720 and channels-last strides; the INT8 attention's 2640 queries, 7920
+keys and the strides of its operands), which the JIT specializes on; beta's strides (H = 20 per token) and T are
+not."""
 
 H100_SHARED_BYTES = 227 * 1024
 """Largest dynamic shared memory of one H100 thread block (a config above it fails to launch)."""
@@ -221,6 +223,14 @@ def default_resource_cases() -> list[tuple]:
         cases.append(("depthwise_glu", gc._depthwise_glu_rows_kernel,
                       {**common, "ROWS": size, "BLOCK_W": 64, "GATHER": kind != "rows",
                        "ROW_STAGES": gc.ROWS_KINDS[kind]}, types, warps, 3))
+    # The softmax blocks' INT8-score / E4M3-value attention (not yet on the model's path) at D = 112.
+    from kernels import attention_int8_triton as at
+
+    block_m, block_n, warps, stages = at.CONFIG
+    cases.append(("attention_int8", at._attention_int8_kernel,
+                  {"D": 112, "DP": 128, "BLOCK_M": block_m, "BLOCK_N": block_n},
+                  {"p_q": "*i8", "p_k": "*i8", "p_vt": "*fp8e4nv", "p_out": "*bf16", "p_qs": "*fp32",
+                   "p_ks": "*fp32", "p_vs": "*fp32", "qk_scale": "fp32"}, warps, stages))
     return cases
 
 

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kernels.attention_int8 import quantize_int8_per_token
 from quant.fp8 import E4M3_MAX, quantize_fp8_per_tensor
 
-__all__ = ["P_SCALE", "attention_fp8", "enable_fp8_attention_", "quantize_int8_per_token", "sdpa_fp8_reference"]
+__all__ = ["P_SCALE", "attention_fp8", "enable_fp8_attention_", "sdpa_fp8_reference"]
 
 P_SCALE = E4M3_MAX
 """Probabilities in (0, 1] times 448 fill E4M3's range; the smallest kept is 2^-9 / 448 ~ 4.4e-6 of the row max."""
@@ -45,11 +46,6 @@ def _check_operands(operands: str, who: str) -> None:
         raise ValueError(f"{who}: operands must be letters of 'qkvp', or 'i' (q and k in INT8) with 'v' / 'p', "
                          f"got {operands!r}")
 
-
-def quantize_int8_per_token(x: Tensor) -> tuple[Tensor, Tensor]:
-    """x [..., D] -> (int8 codes, fp32 scales [..., 1]): symmetric, one scale per token (amax / 127)."""
-    scale = x.float().abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / 127
-    return (x.float() / scale).round().clamp(-127, 127).to(torch.int8), scale
 
 
 def _softmax_numerator(s: Tensor) -> tuple[Tensor, Tensor]:
@@ -78,7 +74,7 @@ def attention_fp8(q: Tensor, k: Tensor, v: Tensor, scale: float, attn_mask: Tens
     """F.scaled_dot_product_attention(q, k, v, scale=scale) with q, k, v rounded to E4M3 under dynamic
     per-tensor scales and P to E4M3 (result in q's dtype). `operands` names the ones rounded (any of "q", "k",
     "v", "p"; the others stay exact: for finding which rounding costs the quality); "i" rounds q and k to INT8
-    with one scale per token instead (`quantize_int8_per_token`: SageAttention's recipe for the score product;
+    with one scale per token instead (`kernels.attention_int8.quantize_int8_per_token`: SageAttention's recipe for the score product;
     "ivp" adds E4M3 values and probabilities). A mask (not in the streaming steady state) keeps the exact
     attention, as the FP8 kernels this stands for take none."""
     if attn_mask is not None:
@@ -91,7 +87,7 @@ def attention_fp8(q: Tensor, k: Tensor, v: Tensor, scale: float, attn_mask: Tens
     def rounded(x: Tensor, name: str) -> Tensor:
         if "i" in operands and name in "qk":
             x8, s = quantize_int8_per_token(x)
-            return x8.float() * s
+            return x8.float() * s[..., None]
         if name not in operands:
             return x.float()
         x8, s = quantize_fp8_per_tensor(x)

@@ -7,12 +7,14 @@ only GDN blocks have the K short convolutions `conv_k` / `conv_k_cam`.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kernels.attention_int8 import attention_int8
 from kernels.gdn_layer import gdn_layer, split_heads
 from kernels.prep import gdn_prep, ucpe_prep, ucpe_qkv_prep
 from quant.attention import attention_fp8
@@ -21,6 +23,15 @@ from runtime.config import ModelConfig
 from runtime.norms import RMSNorm
 from runtime.short_conv import bidirectional_short_conv, next_left_context
 from runtime.stacked_linear import StackedLinears
+
+ATTENTION_KERNELS = ("sdpa", "int8")
+"""How the softmax blocks' self-attention runs: "sdpa" (bf16 F.scaled_dot_product_attention, as the official
+model) or "int8" (INT8 scores and E4M3 values, kernels.attention_int8: an experiment, not yet timed on a GPU; its
+quality cost on the shipped model is ~0.2 dB, docs/quantization.md). Default from SANA_WM_ATTENTION."""
+DEFAULT_ATTENTION_KERNEL = os.environ.get("SANA_WM_ATTENTION", "sdpa")
+if DEFAULT_ATTENTION_KERNEL not in ATTENTION_KERNELS:
+    raise ValueError(f"SANA_WM_ATTENTION: expected one of {', '.join(ATTENTION_KERNELS)}, got "
+                     f"{DEFAULT_ATTENTION_KERNEL!r}")
 
 # SiLU(1.278464542761074) = 1: the output gate starts as identity.
 OUTPUT_GATE_BIAS = 1.278464542761074
@@ -229,6 +240,9 @@ class SoftmaxAttention(CameraAttention):
     attention (`quant.attention`, dynamic per-tensor scales) for measuring its quality
     (`quant.enable_fp8_attention_`, bench/quant_quality.py); the official model attends in bf16."""
 
+    attention_kernel = DEFAULT_ATTENTION_KERNEL
+    """ATTENTION_KERNELS: which kernel runs the unmasked self-attention (`set_attention_kernel_`)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg, has_short_conv=False)
         self.main_scale = 1.0 / math.sqrt(cfg.main_softmax_scale_dim)
@@ -270,4 +284,17 @@ class SoftmaxAttention(CameraAttention):
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
         if self.fp8_attention:
             return attention_fp8(q, k, v, scale, attn_mask=mask, operands=self.fp8_attention)
+        if self.attention_kernel == "int8" and mask is None:
+            return attention_int8(q, k, v, scale)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+def set_attention_kernel_(model: nn.Module, kernel: str) -> int:
+    """Run every softmax block's unmasked self-attention with `kernel` (one of ATTENTION_KERNELS); returns how
+    many blocks it set. Masked calls (not in the streaming steady state) stay on SDPA."""
+    if kernel not in ATTENTION_KERNELS:
+        raise ValueError(f"attention kernel: expected one of {', '.join(ATTENTION_KERNELS)}, got {kernel!r}")
+    blocks = [m for m in model.modules() if isinstance(m, SoftmaxAttention)]
+    for attn in blocks:
+        attn.attention_kernel = kernel
+    return len(blocks)

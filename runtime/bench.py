@@ -189,6 +189,7 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
         "torch": torch.__version__, "cuda_graphs": cuda_graphs and cuda, "compile": compile,
         "overlap_decode": overlap,
         "kernels": __import__("os").environ.get("SANA_WM_KERNELS", "auto"),
+        "softmax_attention": sorted({m.attention_kernel for m in net.modules() if hasattr(m, "attention_kernel")}),
     }
     if compile:   # what compile_blocks did, for the record (both have environment switches for A/Bs)
         from runtime.model import STACK_INPUT_PROJECTIONS

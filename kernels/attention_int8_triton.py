@@ -1,0 +1,97 @@
+"""Triton version of `kernels.attention_int8.attention_int8_quantized` (see there for the arithmetic).
+
+One program per (BLOCK_M queries, batch x head): the queries' int8 codes stay in registers, the keys stream by in
+BLOCK_N tiles: int8 x int8 -> int32 score tile, scaled to log2 units, online softmax, probabilities x 448 to
+E4M3, E4M3 x E4M3 -> fp32 value product. The loop's loads are software-pipelined by Triton (num_stages).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ["CONFIG", "CONFIG_CHOICES", "attention_int8_triton"]
+
+CONFIG = (128, 64, 8, 3)
+"""(queries per program, keys per tile, warps, pipeline stages). Not yet timed on a GPU. Compiled for sm_90 without
+a GPU (`python -m kernels.gdn_triton_testing --resources`), both products are wgmma (m64n64k32 s32.s8.s8 and
+m64n128k32 f32.e4m3.e4m3), 222 registers per thread, no spills, 64.5 KB of shared memory; `bench.kernels --only
+attention_int8_sweep` times every choice."""
+if os.environ.get("SANA_WM_ATTN_INT8_CONFIG"):   # e.g. "128,128,8,2": a launch choice to time without editing CONFIG
+    CONFIG = tuple(int(v) for v in os.environ["SANA_WM_ATTN_INT8_CONFIG"].split(","))
+CONFIG_CHOICES = ((128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 8, 4), (128, 128, 8, 3), (128, 128, 8, 2),
+                  (128, 32, 8, 3), (64, 64, 4, 3), (64, 64, 4, 2), (64, 128, 4, 3), (64, 32, 4, 3))
+"""Launch choices that compile for sm_90 without spills (128 queries on 4 warps spill at 64- and 32-key tiles)."""
+
+LOG2E = 1.0 / math.log(2.0)
+
+
+@triton.jit
+def _attention_int8_kernel(
+    p_q, p_qs, p_k, p_ks, p_vt, p_out, p_vs,
+    M, N, H, qk_scale,
+    s_qb, s_qh, s_qm, s_qsb, s_qsh,
+    s_kb, s_kh, s_kn, s_ksb, s_ksh,
+    s_vb, s_vh, s_vd,
+    s_ob, s_oh, s_om,
+    D: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m, bh = tl.program_id(0), tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, DP)
+    row_ok = rows < M
+    q = tl.load(p_q + b * s_qb + h * s_qh + rows.to(tl.int64)[:, None] * s_qm + dims[None, :],
+                mask=row_ok[:, None], other=0)
+    # softmax scale and log2(e) folded into the query scale: the scores come out in log2 units for exp2
+    q_scale = tl.load(p_qs + b * s_qsb + h * s_qsh + rows, mask=row_ok, other=0.0) * qk_scale
+    k_base = p_k + b * s_kb + h * s_kh
+    ks_base = p_ks + b * s_ksb + h * s_ksh
+    v_base = p_vt + b * s_vb + h * s_vh
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, DP], tl.float32)
+    for start in range(0, N, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_ok = cols < N
+        k = tl.load(k_base + cols.to(tl.int64)[:, None] * s_kn + dims[None, :], mask=col_ok[:, None], other=0)
+        k_scale = tl.load(ks_base + cols, mask=col_ok, other=0.0)
+        s = tl.dot(q, tl.trans(k)).to(tl.float32) * q_scale[:, None] * k_scale[None, :]
+        s = tl.where(col_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        vt = tl.load(v_base + dims.to(tl.int64)[:, None] * s_vd + cols[None, :], mask=col_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot((p * 448.0).to(tl.float8e4nv), tl.trans(vt))
+        m_i = m_new
+    v_scale = tl.load(p_vs)
+    out = acc * (v_scale / 448.0) / l_i[:, None]
+    tl.store(p_out + b * s_ob + h * s_oh + rows.to(tl.int64)[:, None] * s_om + dims[None, :],
+             out.to(p_out.dtype.element_ty), mask=row_ok[:, None] & (dims < D)[None, :])
+
+
+def attention_int8_triton(q8: Tensor, q_scale: Tensor, k8: Tensor, k_scale: Tensor, vt8: Tensor, v_scale: Tensor,
+                          scale: float, d: int, out_dtype: torch.dtype = torch.bfloat16,
+                          config: tuple[int, int, int, int] | None = None) -> Tensor:
+    B, H, M, DP = q8.shape
+    N = k8.shape[2]
+    block_m, block_n, warps, stages = config or CONFIG
+    for t in (q8, k8, vt8, q_scale, k_scale):
+        if t.stride(-1) != 1:
+            raise ValueError("attention_int8: the operands' and scales' last dimension must be contiguous")
+    out = torch.empty(B, H, M, d, device=q8.device, dtype=out_dtype)
+    grid = (triton.cdiv(M, block_m), B * H)
+    _attention_int8_kernel[grid](
+        q8, q_scale, k8, k_scale, vt8, out, v_scale.float().reshape(1), M, N, H, scale * LOG2E,
+        q8.stride(0), q8.stride(1), q8.stride(2), q_scale.stride(0), q_scale.stride(1),
+        k8.stride(0), k8.stride(1), k8.stride(2), k_scale.stride(0), k_scale.stride(1),
+        vt8.stride(0), vt8.stride(1), vt8.stride(2),
+        out.stride(0), out.stride(1), out.stride(2),
+        D=d, DP=DP, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages)
+    return out
