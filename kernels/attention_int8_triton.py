@@ -2,7 +2,8 @@
 
 One program per (BLOCK_M queries, batch x head): the queries' int8 codes stay in registers, the keys stream by in
 BLOCK_N tiles: int8 x int8 -> int32 score tile, scaled to log2 units, online softmax, probabilities x 448 to
-E4M3, E4M3 x E4M3 -> fp32 value product. The loop's loads are software-pipelined by Triton (num_stages).
+E4M3, E4M3 x E4M3 -> fp32 value product. The loop's loads are software-pipelined by Triton (num_stages); only the
+last, partial tile is masked.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ __all__ = ["CONFIG", "CONFIG_CHOICES", "attention_int8_triton"]
 CONFIG = (128, 64, 8, 3)
 """(queries per program, keys per tile, warps, pipeline stages). Not yet timed on a GPU. Compiled for sm_90 without
 a GPU (`python -m kernels.gdn_triton_testing --resources`), both products are wgmma (m64n64k32 s32.s8.s8 and
-m64n128k32 f32.e4m3.e4m3), 222 registers per thread, no spills, 64.5 KB of shared memory; `bench.kernels --only
+m64n128k32 f32.e4m3.e4m3), 230 registers per thread, no spills, 64.5 KB of shared memory; `bench.kernels --only
 attention_int8_sweep` times every choice."""
 if os.environ.get("SANA_WM_ATTN_INT8_CONFIG"):   # e.g. "128,128,8,2": a launch choice to time without editing CONFIG
     CONFIG = tuple(int(v) for v in os.environ["SANA_WM_ATTN_INT8_CONFIG"].split(","))
@@ -28,6 +29,36 @@ CONFIG_CHOICES = ((128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 8, 4), (128, 128, 
 """Launch choices that compile for sm_90 without spills (128 queries on 4 warps spill at 64- and 32-key tiles)."""
 
 LOG2E = 1.0 / math.log(2.0)
+
+
+@triton.jit
+def _key_tile(acc, m_i, l_i, q, q_scale, k_base, ks_base, v_base, start, N, s_kn, s_vd, dims,
+              BLOCK_N: tl.constexpr, MASKED: tl.constexpr):
+    """One tile of keys into the running (acc, row max, row sum). Few fp32 operations per score, since with the
+    products at INT8 / E4M3 rate the elementwise work is what bounds the loop: the int32 score turns into fp32
+    by an integer add and a bit cast (exact below 2^22; the conversion instruction runs at a quarter rate), the
+    query's scale goes into the exponent's fused multiply-add, and x 448 into the exponent as + log2(448) (the row
+    sum carries the same factor, so it cancels)."""
+    cols = start + tl.arange(0, BLOCK_N)
+    if MASKED:
+        col_ok = cols < N
+        k = tl.load(k_base + cols.to(tl.int64)[:, None] * s_kn + dims[None, :], mask=col_ok[:, None], other=0)
+        k_scale = tl.load(ks_base + cols, mask=col_ok, other=0.0)
+        vt = tl.load(v_base + dims.to(tl.int64)[:, None] * s_vd + cols[None, :], mask=col_ok[None, :], other=0.0)
+    else:
+        k = tl.load(k_base + cols.to(tl.int64)[:, None] * s_kn + dims[None, :])
+        k_scale = tl.load(ks_base + cols)
+        vt = tl.load(v_base + dims.to(tl.int64)[:, None] * s_vd + cols[None, :])
+    s = tl.dot(q, tl.trans(k))                                                    # int32, |s| < 2^22
+    x = ((s + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0) * k_scale[None, :]
+    if MASKED:
+        x = tl.where(col_ok[None, :], x, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(x, 1) * q_scale)      # q_scale >= 0: the row max of x * q_scale
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(x * q_scale[:, None] - (m_new - 8.807354922057604)[:, None])     # 448 * 2^(score - max)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(tl.float8e4nv), tl.trans(vt))
+    return acc, m_new, l_i
 
 
 @triton.jit
@@ -49,29 +80,21 @@ def _attention_int8_kernel(
     q = tl.load(p_q + b * s_qb + h * s_qh + rows.to(tl.int64)[:, None] * s_qm + dims[None, :],
                 mask=row_ok[:, None], other=0)
     # softmax scale and log2(e) folded into the query scale: the scores come out in log2 units for exp2
-    q_scale = tl.load(p_qs + b * s_qsb + h * s_qsh + rows, mask=row_ok, other=0.0) * qk_scale
+    q_scale = tl.load(p_qs + b * s_qsb + h * s_qsh + rows, mask=row_ok, other=1.0) * qk_scale   # no 0 * inf
     k_base = p_k + b * s_kb + h * s_kh
     ks_base = p_ks + b * s_ksb + h * s_ksh
     v_base = p_vt + b * s_vb + h * s_vh
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DP], tl.float32)
-    for start in range(0, N, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        col_ok = cols < N
-        k = tl.load(k_base + cols.to(tl.int64)[:, None] * s_kn + dims[None, :], mask=col_ok[:, None], other=0)
-        k_scale = tl.load(ks_base + cols, mask=col_ok, other=0.0)
-        s = tl.dot(q, tl.trans(k)).to(tl.float32) * q_scale[:, None] * k_scale[None, :]
-        s = tl.where(col_ok[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        vt = tl.load(v_base + dims.to(tl.int64)[:, None] * s_vd + cols[None, :], mask=col_ok[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot((p * 448.0).to(tl.float8e4nv), tl.trans(vt))
-        m_i = m_new
-    v_scale = tl.load(p_vs)
-    out = acc * (v_scale / 448.0) / l_i[:, None]
+    n_full = (N // BLOCK_N) * BLOCK_N
+    for start in range(0, n_full, BLOCK_N):
+        acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, q_scale, k_base, ks_base, v_base, start, N, s_kn, s_vd, dims,
+                                  BLOCK_N, False)
+    if n_full < N:   # the last, partial tile: the only one with masks
+        acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, q_scale, k_base, ks_base, v_base, n_full, N, s_kn, s_vd, dims,
+                                  BLOCK_N, True)
+    out = acc * tl.load(p_vs) / l_i[:, None]
     tl.store(p_out + b * s_ob + h * s_oh + rows.to(tl.int64)[:, None] * s_om + dims[None, :],
              out.to(p_out.dtype.element_ty), mask=row_ok[:, None] & (dims < D)[None, :])
 

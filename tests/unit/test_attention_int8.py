@@ -65,14 +65,14 @@ def _tiled_reference(q8, qs, k8, ks, vt8, vs, scale, d, block_n):
     acc = torch.zeros(*q8.shape, device=q8.device)
     for start in range(0, n, block_n):
         cols = slice(start, min(start + block_n, n))
-        s = (q8.float() @ k8[..., cols, :].float().transpose(-1, -2)) * q_scale[..., None] * ks[..., None, cols]
-        m_new = torch.maximum(m_i, s.amax(-1))
+        x = (q8.float() @ k8[..., cols, :].float().transpose(-1, -2)) * ks[..., None, cols]
+        m_new = torch.maximum(m_i, x.amax(-1) * q_scale)
         alpha = torch.exp2(m_i - m_new)
-        p = torch.exp2(s - m_new[..., None])
+        p = torch.exp2(x * q_scale[..., None] - (m_new - math.log2(448))[..., None])   # 448 x the probability
         l_i = l_i * alpha + p.sum(-1)
-        acc = acc * alpha[..., None] + _round_e4m3_like_the_kernel(p * 448) @ vt8[..., cols].float().transpose(-1, -2)
+        acc = acc * alpha[..., None] + _round_e4m3_like_the_kernel(p) @ vt8[..., cols].float().transpose(-1, -2)
         m_i = m_new
-    return (acc * (vs / 448) / l_i[..., None])[..., :d]
+    return (acc * vs / l_i[..., None])[..., :d]
 
 
 def test_quantizers_layouts_and_bounds():
