@@ -403,9 +403,9 @@ def _sdpa_pair_case(batched: bool):
 def _attention_int8_case(config=None, quantize: bool = False):
     """The softmax block's batched attention (main + camera, sdpa_pair's shape: 2 x 20 heads, 2640 queries over
     8800 keys, D = 112) with INT8 scores and E4M3 values (kernels.attention_int8). quantize=False: operands already
-    quantized (K / V as a cache would hold them, q from the prep kernel); True: q, k, v quantized in the call, by
-    PyTorch ops (what a drop-in replacement of the bf16 call would cost before any fusion). The sdpa_pair row is
-    the bf16 cuDNN call to beat (0.909 ms, H200 round 17). FLOPs at D = 112, as for the bf16 rows."""
+    quantized (K / V as a cache would hold them, q from the prep kernel); True: q, k, v quantized in the call by
+    PyTorch ops under torch.compile, as the compiled model runs the drop-in (SANA_WM_ATTENTION=int8). The sdpa_pair
+    row is the bf16 cuDNN call to beat (0.909 ms, H200 round 17). FLOPs at D = 112, as for the bf16 rows."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -424,11 +424,12 @@ def _attention_int8_case(config=None, quantize: bool = False):
     scale = 128 ** -0.5
     dp = padded_head_dim(D)
     ops = (*quantize_int8_per_token(q, dp), *quantize_int8_per_token(k, dp), *quantize_v_fp8_transposed(v, dp))
+    drop_in = torch.compile(lambda q, k, v: attention_int8(q, k, v, scale), dynamic=False)
 
     def run(impl):
         if impl == "triton":
             if quantize:
-                return attention_int8(q, k, v, scale, impl="triton")
+                return drop_in(q, k, v)
             return attention_int8_triton(*ops, scale, D, torch.bfloat16, config=config)
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=scale)

@@ -8,6 +8,7 @@ Triton's own conversion, as the kernel does.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -42,6 +43,16 @@ def _round_e4m3_like_the_kernel(x: torch.Tensor) -> torch.Tensor:
     if not RUN_TRITON:
         return x.to(torch.float8_e4m3fn).float()
     import triton
+
+    flat = x.contiguous().reshape(-1)
+    out = torch.empty(flat.shape, dtype=torch.float8_e4m3fn, device=x.device)
+    _e4m3_kernel()[(triton.cdiv(flat.numel(), 1024),)](flat, out, flat.numel(), BLOCK=1024)
+    return out.float().reshape(x.shape)
+
+
+@functools.cache
+def _e4m3_kernel():
+    import triton
     import triton.language as tl
 
     @triton.jit
@@ -49,10 +60,7 @@ def _round_e4m3_like_the_kernel(x: torch.Tensor) -> torch.Tensor:
         i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         tl.store(p_y + i, tl.load(p_x + i, mask=i < n).to(tl.float8e4nv), mask=i < n)
 
-    flat = x.contiguous().reshape(-1)
-    out = torch.empty(flat.shape, dtype=torch.float8_e4m3fn, device=x.device)
-    to_e4m3[(triton.cdiv(flat.numel(), 1024),)](flat, out, flat.numel(), BLOCK=1024)
-    return out.float().reshape(x.shape)
+    return to_e4m3
 
 
 def _tiled_reference(q8, qs, k8, ks, vt8, vs, scale, d, block_n):
@@ -209,3 +217,21 @@ def test_softmax_blocks_run_the_int8_kernel_when_asked():
         assert rel_err(a, e) < 0.1 * rel_err(a, b)   # ~3e-6
     with pytest.raises(ValueError, match="attention kernel"):
         set_attention_kernel_(model, "fp8")
+
+
+@needs_triton
+def test_the_kernel_compiles_into_a_graph_as_one_op():
+    """torch.compile(fullgraph=True) takes the kernel as the sana_wm::attention_int8 custom op (its fake gives the
+    output's shape and dtype) with the quantization around it, as the compiled softmax blocks run it."""
+    import torch._dynamo
+
+    q, k, v = _qkv(1, 2, 20, 40, 32, seed=5)
+    torch._dynamo.reset()
+    try:
+        compiled = torch.compile(lambda q, k, v: ai.attention_int8(q, k, v, 0.3, impl="triton"), fullgraph=True,
+                                 dynamic=False)
+        got = compiled(q, k, v)
+    finally:
+        torch._dynamo.reset()
+    assert got.shape == q.shape and got.dtype == q.dtype
+    assert rel_err(got, ai.attention_int8(q, k, v, 0.3, impl="triton")) < 1e-5
