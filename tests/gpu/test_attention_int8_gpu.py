@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch._dynamo
 import torch.nn.functional as F
 
 from kernels import attention_int8 as ai
@@ -45,18 +44,12 @@ def test_full_config_with_int8_attention_compiled_and_graphed():
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("E4M3 tensor cores need compute capability >= 8.9")
     from runtime.attention import set_attention_kernel_
-    from runtime.model import build_model, compile_blocks
-    from tests.gpu.test_streaming_gpu import _walk
+    from tests.gpu.test_streaming_gpu import compiled_full_config_against_eager
 
-    torch._dynamo.reset()
-    model = build_model("sana-wm-streaming", device="cuda", dtype=torch.bfloat16, init="random", seed=1)
-    eager, _ = _walk(model, False, 4)
-    assert set_attention_kernel_(model, "int8") == 5
-    compile_blocks(model)
-    try:
-        fast, seen = _walk(model, True, 4)
-    finally:
-        torch._dynamo.reset()
+    def int8_attention(model):
+        assert set_attention_kernel_(model, "int8") == 5
+
+    fast, eager, seen = compiled_full_config_against_eager(int8_attention)
     assert len(seen) == 1
     for a, b in zip(fast, eager):
         assert rel_err(a, b) < 0.05

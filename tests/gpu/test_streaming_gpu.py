@@ -59,21 +59,31 @@ def test_compiled_graph_step_equals_eager_full_config():
     equals the eager step on the full 2.6B config in bf16 over 4 chunks (the first, the sink, the full ring, a
     replay). The softmax blocks compile too since session 6 (packed K/V context written in place);
     tests/unit/test_compile.py checks on the CPU that a steady chunk recompiles nothing."""
+    fast, eager, seen = compiled_full_config_against_eager()
+    assert len(seen) == 1
+    for a, b in zip(fast, eager):
+        assert rel_err(a, b) < BF16_REL
+
+
+def compiled_full_config_against_eager(before_compile=None, chunks: int = 4):
+    """The full config in bf16 (random weights): `chunks` eager chunks, then (after `before_compile(model)`, if
+    given) compile_blocks and the same walk from a CUDA graph. Returns (compiled latents, eager latents, the
+    graphs seen)."""
     import torch._dynamo
 
     from runtime.model import compile_blocks
 
     torch._dynamo.reset()
     model = build_model("sana-wm-streaming", device="cuda", dtype=torch.bfloat16, init="random", seed=1)
-    eager, _ = _walk(model, False, 4)
+    eager, _ = _walk(model, False, chunks)
+    if before_compile is not None:
+        before_compile(model)
     compile_blocks(model)
     try:
-        fast, seen = _walk(model, True, 4)
+        fast, seen = _walk(model, True, chunks)
     finally:
         torch._dynamo.reset()
-    assert len(seen) == 1
-    for a, b in zip(fast, eager):
-        assert rel_err(a, b) < BF16_REL
+    return fast, eager, seen
 
 
 def test_stacked_fp8_input_projections_full_config():
