@@ -17,7 +17,7 @@ timeout 150 python3 -m bench.kernels --quick --only attention_int8,attention_int
 BEST=$(python3 -c "
 import json; rows=json.load(open('$OUT/kernels_attention.json'))['rows']
 r=min((r for r in rows if r['op']=='attention_int8_sweep' and r['ok']), key=lambda r: r['ms'])
-print(r['shape'].replace('-', ','))")
+print(r['shape'].replace('-', ',').replace('True', '1').replace('False', '0'))")
 echo "fastest launch (SANA_WM_ATTN_INT8_CONFIG): $BEST"
 echo "== generator alone, fp8 static + compile, SANA_WM_ATTENTION=int8"
 SANA_WM_ATTENTION=int8 SANA_WM_ATTN_INT8_CONFIG=$BEST timeout 150 python3 -m runtime.cli bench --precision fp8 \

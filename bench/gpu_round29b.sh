@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Round 29b (prepared in session 13; ~4 min, right after round 29 while the machine is warm). Set ATTN to round
-# 29's fastest launch (printed as SANA_WM_ATTN_INT8_CONFIG), e.g. ATTN=128,64,8,3:
+# 29's fastest launch (printed as SANA_WM_ATTN_INT8_CONFIG), e.g. ATTN=128,64,8,3,0:
 #   1. the FP8 static generator's profile with SANA_WM_ATTENTION=int8: the attention kernel's time in the model
 #      and what the per-call quantization of q, k and v costs around it (the case for quantized K / V in the cache)
 #   2. the bf16 generator with SANA_WM_ATTENTION=int8 (round 28 without: 169.2 ms/chunk)
 source bench/gpu_setup.sh
-export SANA_WM_ATTENTION=int8 SANA_WM_ATTN_INT8_CONFIG=${ATTN:-128,64,8,3}
+export SANA_WM_ATTENTION=int8 SANA_WM_ATTN_INT8_CONFIG=${ATTN:-128,64,8,3,0}
 {
 echo "== fp8 static profile, int8 attention"
 timeout 120 python3 -m runtime.cli bench --precision fp8 --act-scales static --chunks 2 --warmup 2 --compile \

@@ -423,14 +423,16 @@ def _attention_int8_case(config=None, quantize: bool = False):
     v = torch.randn(2, H, 8800, D, device=DEVICE, generator=g).to(torch.bfloat16)
     scale = 128 ** -0.5
     dp = padded_head_dim(D)
-    ops = (*quantize_int8_per_token(q, dp), *quantize_int8_per_token(k, dp), *quantize_v_fp8_transposed(v, dp))
+    key_block = config[1] if config and config[4] else 1      # k scaled per key tile by such launches
+    ops = (*quantize_int8_per_token(q, dp), *quantize_int8_per_token(k, dp, key_block),
+           *quantize_v_fp8_transposed(v, dp))
     drop_in = torch.compile(lambda q, k, v: attention_int8(q, k, v, scale), dynamic=False)
 
     def run(impl):
         if impl == "triton":
             if quantize:
                 return drop_in(q, k, v)
-            return attention_int8_triton(*ops, scale, D, torch.bfloat16, config=config)
+            return attention_int8_triton(*ops, scale, D, torch.bfloat16, config=config, key_block=key_block)
         with sdpa_kernel(SDPBackend.MATH):
             return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=scale)
 

@@ -226,9 +226,9 @@ def default_resource_cases() -> list[tuple]:
     # The softmax blocks' INT8-score / E4M3-value attention (not yet on the model's path) at D = 112.
     from kernels import attention_int8_triton as at
 
-    block_m, block_n, warps, stages = at.CONFIG
+    block_m, block_n, warps, stages, tile_scales = at.CONFIG
     cases.append(("attention_int8", at._attention_int8_kernel,
-                  {"D": 112, "DP": 128, "BLOCK_M": block_m, "BLOCK_N": block_n},
+                  {"D": 112, "DP": 128, "BLOCK_M": block_m, "BLOCK_N": block_n, "TILE_SCALES": tile_scales},
                   {"p_q": "*i8", "p_k": "*i8", "p_vt": "*fp8e4nv", "p_out": "*bf16", "p_qs": "*fp32",
                    "p_ks": "*fp32", "p_vs": "*fp32", "qk_scale": "fp32"}, warps, stages))
     return cases

@@ -22,17 +22,18 @@ def test_attention_int8_at_the_streaming_shape():
     g = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(2, 20, n, 112, device="cuda", generator=g).to(torch.bfloat16) for n in (2640, 8800, 8800))
     scale = 128 ** -0.5
-    ops = (*ai.quantize_int8_per_token(q, 128), *ai.quantize_int8_per_token(k, 128),
-           *ai.quantize_v_fp8_transposed(v, 128))
     exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=scale)
     expected = {}
     for config in CONFIG_CHOICES:
-        got = attention_int8_triton(*ops, scale, 112, torch.float32, config=config)
-        block_n = config[1]
-        if block_n not in expected:
-            expected[block_n] = _tiled_reference(*ops, scale, 112, block_n)
+        block_n, tile_scales = config[1], config[4]
+        key_block = block_n if tile_scales else 1
+        ops = (*ai.quantize_int8_per_token(q, 128), *ai.quantize_int8_per_token(k, 128, key_block),
+               *ai.quantize_v_fp8_transposed(v, 128))
+        got = attention_int8_triton(*ops, scale, 112, torch.float32, config=config, key_block=key_block)
+        if (block_n, tile_scales) not in expected:
+            expected[block_n, tile_scales] = _tiled_reference(*ops, scale, 112, block_n, tile_scales)
         # exp2 on the GPU is not torch's to the last bit: the odd E4M3 rounding of P flips
-        assert rel_err(got, expected[block_n]) < 5e-3, config
+        assert rel_err(got, expected[block_n, tile_scales]) < 5e-3, config
         assert rel_err(got, exact) < 0.06, config
     assert rel_err(ai.attention_int8(q, k, v, scale), exact) < 0.06
 

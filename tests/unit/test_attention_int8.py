@@ -31,9 +31,10 @@ def _qkv(b=2, h=3, m=70, n=150, d=48, seed=0):
             (torch.randn(b, h, n, d, generator=g) * 0.5).to(DEVICE))
 
 
-def _operands(q, k, v):
+def _operands(q, k, v, key_block=1):
     dp = ai.padded_head_dim(q.shape[-1])
-    return (*ai.quantize_int8_per_token(q, dp), *ai.quantize_int8_per_token(k, dp), *ai.quantize_v_fp8_transposed(v, dp))
+    return (*ai.quantize_int8_per_token(q, dp), *ai.quantize_int8_per_token(k, dp, key_block),
+            *ai.quantize_v_fp8_transposed(v, dp))
 
 
 def _round_e4m3_like_the_kernel(x: torch.Tensor) -> torch.Tensor:
@@ -63,11 +64,13 @@ def _e4m3_kernel():
     return to_e4m3
 
 
-def _tiled_reference(q8, qs, k8, ks, vt8, vs, scale, d, block_n):
+def _tiled_reference(q8, qs, k8, ks, vt8, vs, scale, d, block_n, tile_scales=False):
     """The kernel's loop in PyTorch: key tiles of block_n, running maximum, P rounded against it."""
     qk_scale = scale / math.log(2.0)
     q_scale = qs.float() * qk_scale
     n = k8.shape[-2]
+    if tile_scales:
+        ks = ks.repeat_interleave(block_n, dim=-1)[..., :n]
     m_i = torch.full(q8.shape[:-1], float("-inf"), device=q8.device)
     l_i = torch.zeros(q8.shape[:-1], device=q8.device)
     acc = torch.zeros(*q8.shape, device=q8.device)
@@ -128,24 +131,28 @@ def test_reference_is_the_quality_emulation():
 
 
 @needs_triton
-@pytest.mark.parametrize("config", [(64, 256, 4, 1), (32, 32, 4, 2), None], ids=["one-tile", "tiles", "default"])
+@pytest.mark.parametrize("config", [(64, 256, 4, 1, False), (32, 32, 4, 2, False), None, (64, 256, 4, 1, True),
+                                    (32, 32, 4, 2, True)],
+                         ids=["one-tile", "tiles", "default", "one-tile-tile-scales", "tiles-tile-scales"])
 @pytest.mark.parametrize("shape", [(2, 3, 70, 150, 48), (1, 2, 33, 17, 112)], ids=["d48", "d112"])
 def test_triton_kernel_is_its_tiled_arithmetic(config, shape, monkeypatch):
     """Queries and keys not multiples of the blocks; one key tile (P rounded against the final maximum: the
-    reference itself) and several (against the running one)."""
+    reference itself) and several (against the running one); k scaled per token or per key tile."""
     from kernels.attention_int8_triton import CONFIG, attention_int8_triton
 
     b, h, m, n, d = shape
     q, k, v = _qkv(b, h, m, n, d, seed=3)
-    ops = _operands(q, k, v)
+    block_n, tile_scales = (config or CONFIG)[1], (config or CONFIG)[4]
+    key_block = block_n if tile_scales else 1
+    ops = _operands(q, k, v, key_block)
     scale = d ** -0.5
-    got = attention_int8_triton(*ops, scale, d, torch.float32, config=config)
+    got = attention_int8_triton(*ops, scale, d, torch.float32, config=config, key_block=key_block)
     assert got.shape == (b, h, m, d)
-    block_n = (config or CONFIG)[1]
-    assert rel_err(got, _tiled_reference(*ops, scale, d, block_n)) < 1e-4
+    assert rel_err(got, _tiled_reference(*ops, scale, d, block_n, tile_scales)) < 1e-4
     if block_n >= n:
         monkeypatch.setattr(ai, "round_e4m3", _round_e4m3_like_the_kernel)
-        assert rel_err(got, ai.attention_int8_reference(*ops, scale, d, torch.float32)) < 1e-4
+        want = ai.attention_int8_reference(*ops, scale, d, torch.float32, key_block=key_block)
+        assert rel_err(got, want) < 1e-4
     exact = F.scaled_dot_product_attention(q, k, v, scale=scale)
     assert rel_err(got, exact) < 0.06
 
@@ -235,3 +242,25 @@ def test_the_kernel_compiles_into_a_graph_as_one_op():
         torch._dynamo.reset()
     assert got.shape == q.shape and got.dtype == q.dtype
     assert rel_err(got, ai.attention_int8(q, k, v, 0.3, impl="triton")) < 1e-5
+
+
+def test_key_scales_per_tile():
+    """k quantized per block of tokens: each block's scale is its largest token's, the codes use it, and the
+    reference expands it back to the tokens; a launch whose key tile is not the scales' block is refused."""
+    _, k, v = _qkv(1, 2, 4, 150, 32, seed=6)
+    k8, ks = ai.quantize_int8_per_token(k, 32, block=64)
+    per_token = ai.quantize_int8_per_token(k, 32)[1]
+    assert ks.shape == (1, 2, 3)                                   # 150 keys: blocks of 64, 64, 22
+    assert torch.equal(ks[..., 2], per_token[..., 128:].amax(-1))
+    assert float(((k8.float() * ks.repeat_interleave(64, -1)[..., :150, None] - k).abs()).max()) <= \
+        0.5 * float(ks.max()) + 1e-6
+    q, _, _ = _qkv(1, 2, 4, 150, 32, seed=6)
+    q8, qs = ai.quantize_int8_per_token(q, 32)
+    vt8, vs = ai.quantize_v_fp8_transposed(v, 32)
+    with pytest.raises(ValueError, match="per 32 keys"):
+        ai.attention_int8_quantized(q8, qs, k8, ks, vt8, vs, 0.2, 32, key_block=32)
+    if RUN_TRITON:
+        from kernels.attention_int8_triton import attention_int8_triton
+
+        with pytest.raises(ValueError, match="key tiles of 32"):
+            attention_int8_triton(q8, qs, k8, ks, vt8, vs, 0.2, 32, config=(32, 32, 4, 2, True), key_block=64)
