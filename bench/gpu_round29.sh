@@ -4,8 +4,9 @@
 #      attention (the full config compiled with it is in round 29b)
 #   2. the kernel beside cuDNN's bf16 call at the same shape (sdpa_pair: 0.909 ms in round 17), from quantized
 #      operands and with the per-call quantization, and the launch sweep; prints the fastest launch
-#   3. the FP8 static generator with SANA_WM_ATTENTION=int8 (the drop-in: q, k, v quantized on every call) and the
-#      fastest launch (round 28 without: 139.5 ms/chunk)
+#   3. the FP8 static generator with the fastest launch: SANA_WM_ATTENTION=int8 (E4M3 values: q, k, v quantized on
+#      every call) or int8_bf16v (values as cached, only q and k quantized) as that launch takes them (round 28
+#      without: 139.5 ms/chunk)
 source bench/gpu_setup.sh
 {
 echo "== GPU tests: INT8 attention"
@@ -18,9 +19,10 @@ BEST=$(python3 -c "
 import json; rows=json.load(open('$OUT/kernels_attention.json'))['rows']
 r=min((r for r in rows if r['op']=='attention_int8_sweep' and r['ok']), key=lambda r: r['ms'])
 print(r['shape'].replace('-', ',').replace('True', '1').replace('False', '0'))")
-echo "fastest launch (SANA_WM_ATTN_INT8_CONFIG): $BEST"
-echo "== generator alone, fp8 static + compile, SANA_WM_ATTENTION=int8"
-SANA_WM_ATTENTION=int8 SANA_WM_ATTN_INT8_CONFIG=$BEST timeout 150 python3 -m runtime.cli bench --precision fp8 \
+KIND=$([ "${BEST##*,}" = 1 ] && echo int8 || echo int8_bf16v)    # the launch's last field: E4M3 values
+echo "fastest launch (SANA_WM_ATTN_INT8_CONFIG): $BEST, SANA_WM_ATTENTION=$KIND"
+echo "== generator alone, fp8 static + compile, SANA_WM_ATTENTION=$KIND"
+SANA_WM_ATTENTION=$KIND SANA_WM_ATTN_INT8_CONFIG=$BEST timeout 150 python3 -m runtime.cli bench --precision fp8 \
   --act-scales static --chunks 8 --warmup 3 --compile --no-decode --json $OUT/bench_fp8_static_int8_attention.json \
   2>&1 | grep -v "Warn\|W12\|_warn\|warnings.warn" | tail -7
 } 2>&1 | tee $OUT/log

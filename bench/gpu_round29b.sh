@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Round 29b (prepared in session 13; ~7 min, right after round 29 while the machine is warm). Set ATTN to round
-# 29's fastest launch (printed as SANA_WM_ATTN_INT8_CONFIG), e.g. ATTN=128,64,8,3,0:
+# 29's fastest launch (printed as SANA_WM_ATTN_INT8_CONFIG) and KIND to the SANA_WM_ATTENTION printed beside it,
+# e.g. ATTN=128,64,8,3,0,1 KIND=int8:
 #   0. GPU test: the full config with the softmax blocks on the INT8 kernel, compiled and graphed, against eager
 #   1. the FP8 static generator's profile with SANA_WM_ATTENTION=int8: the attention kernel's time in the model
 #      and what the per-call quantization of q, k and v costs around it (the case for quantized K / V in the cache)
 #   2. the bf16 generator with SANA_WM_ATTENTION=int8 (round 28 without: 169.2 ms/chunk)
 source bench/gpu_setup.sh
-export SANA_WM_ATTENTION=int8 SANA_WM_ATTN_INT8_CONFIG=${ATTN:-128,64,8,3,0}
+export SANA_WM_ATTENTION=${KIND:-int8} SANA_WM_ATTN_INT8_CONFIG=${ATTN:-128,64,8,3,0,1}
 {
 echo "== GPU test: the full config with the softmax blocks on the INT8 kernel, compiled + CUDA graph, vs eager SDPA"
 timeout 200 python3 -m pytest tests/gpu/test_attention_int8_gpu.py -q -p no:cacheprovider -rfE -k full_config 2>&1 \

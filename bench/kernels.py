@@ -423,9 +423,9 @@ def _attention_int8_case(config=None, quantize: bool = False):
     v = torch.randn(2, H, 8800, D, device=DEVICE, generator=g).to(torch.bfloat16)
     scale = 128 ** -0.5
     dp = padded_head_dim(D)
-    key_block = config[1] if config and config[4] else 1      # k scaled per key tile by such launches
-    ops = (*quantize_int8_per_token(q, dp), *quantize_int8_per_token(k, dp, key_block),
-           *quantize_v_fp8_transposed(v, dp))
+    key_block = config.block_n if config and config.tile_scales else 1      # k scaled per key tile by such launches
+    values = quantize_v_fp8_transposed(v, dp) if config is None or config.v_fp8 else (v, torch.ones((), device=DEVICE))
+    ops = (*quantize_int8_per_token(q, dp), *quantize_int8_per_token(k, dp, key_block), *values)
     drop_in = torch.compile(lambda q, k, v: attention_int8(q, k, v, scale), dynamic=False)
 
     def run(impl):

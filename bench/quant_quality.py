@@ -8,7 +8,9 @@ the camera / Plucker projections and the FFN temporal conv) and walks the same p
 with static activation scales (max calibration on another walk, `fp8_static`; over the official+tconv scope
 `fp8_static_tconv`), and with FP8 attention in the softmax
 blocks (`attn_fp8` on the bf16 model, `attn_fp8_<operand>_only` rounding one of q, k, v, p, `fp8_static_attn_fp8`
-on top of the static FP8 linears; `attn_int8qk_fp8pv` / `fp8_static_attn_int8qk_fp8pv` with INT8 per-token q and k). Reported
+on top of the static FP8 linears; `attn_int8qk_fp8pv` / `fp8_static_attn_int8qk_fp8pv` with INT8 per-token q and k;
+`attn_int8_kernel` / `attn_int8_bf16v_kernel` and their `fp8_static_` pairs: the INT8 attention as the softmax
+blocks run it, `runtime.attention.set_attention_kernel_`). Reported
 per format and scope: mean / min frame PSNR against the bf16 frames, and how many layers were quantized.
 The fp32 model is reported too, as the scale of "differences that do not matter".
 """
@@ -104,6 +106,19 @@ def run(chunks: int = 3, seed: int = 0) -> dict:
         enable_fp8_attention_(net, operands)
         frames = walk_frames(replace(base, model=net), WALK, chunks, seed)
         results[key] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(net))}
+    enable_fp8_attention_(net, "")
+    enable_fp8_attention_(attn_only, "")
+    # The INT8 attention as the model runs it (kernels.attention_int8; its PyTorch reference here, with the key
+    # scales of the default launch), E4M3 values or the value product in bf16, on the bf16 and FP8 static models.
+    from kernels.attention_int8 import launch_layout
+    from runtime.attention import set_attention_kernel_
+
+    for kind in ("int8", "int8_bf16v"):
+        for model, key in ((attn_only, f"attn_{kind}_kernel"), (net, f"fp8_static_attn_{kind}_kernel")):
+            set_attention_kernel_(model, kind)
+            frames = walk_frames(replace(base, model=model), WALK, chunks, seed)
+            results[key] = frame_psnr(frames, ref) | {"keys_per_k_scale": launch_layout()[0]}
+            set_attention_kernel_(model, "sdpa")
     return {"bench": "quant_quality", "date": datetime.date.today().isoformat(), "commit": git_commit(),
             "device": platform.processor() or platform.machine(), "torch": torch.__version__, "model": "tiny-world",
             "walk": WALK, "chunks": chunks, "frames": len(ref), "reference": "bf16", "results": results}

@@ -15,7 +15,9 @@ The arithmetic (`attention_int8_reference` spells it in PyTorch):
 - online softmax in fp32; each tile's probabilities relative to the running row maximum, times 448, rounded to
   E4M3 for the value product; the row sum takes the unrounded ones;
 - v: E4M3 codes with one fp32 scale per tensor, stored transposed [..., D_pad, N_pad] so that the value product's
-  reduction dimension (the keys) is contiguous, as Hopper's FP8 tensor cores require of both operands.
+  reduction dimension (the keys) is contiguous, as Hopper's FP8 tensor cores require of both operands; or v as it
+  is ([..., N, D], bf16) with the value product in bf16 (P rounded to bf16): half the tensor-core rate for that
+  product, but nothing to quantize or transpose per call.
 
 Not yet timed on a GPU: `bench.kernels --only attention_int8` times it against cuDNN at the streaming shape. The
 softmax blocks take it when asked (`runtime.attention.set_attention_kernel_(model, "int8")` or
@@ -29,7 +31,7 @@ from torch import Tensor
 
 from kernels.dispatch import HAVE_TRITON, use_triton
 
-__all__ = ["P_SCALE", "attention_int8", "attention_int8_quantized", "attention_int8_reference", "launch_key_block", "pad_to",
+__all__ = ["P_SCALE", "attention_int8", "attention_int8_quantized", "attention_int8_reference", "launch_layout", "pad_to",
            "padded_head_dim",
            "quantize_int8_per_token", "quantize_v_fp8_transposed"]
 
@@ -87,14 +89,18 @@ def round_e4m3(x: Tensor) -> Tensor:
 
 def _check(q8: Tensor, q_scale: Tensor, k8: Tensor, k_scale: Tensor, vt8: Tensor, v_scale: Tensor, d: int,
            key_block: int) -> None:
-    if q8.dtype != torch.int8 or k8.dtype != torch.int8 or vt8.dtype != torch.float8_e4m3fn:
-        raise TypeError(f"attention_int8: q and k must be int8 and v float8_e4m3fn, got {q8.dtype}, {k8.dtype}, "
-                        f"{vt8.dtype}")
+    if (q8.dtype != torch.int8 or k8.dtype != torch.int8
+            or vt8.dtype not in (torch.float8_e4m3fn, torch.bfloat16, torch.float16, torch.float32)):
+        raise TypeError(f"attention_int8: q and k must be int8 and v float8_e4m3fn or a float, got {q8.dtype}, "
+                        f"{k8.dtype}, {vt8.dtype}")
     if q8.dim() != 4 or k8.dim() != 4 or vt8.dim() != 4:
-        raise ValueError("attention_int8: q [B, H, M, Dp], k [B, H, N, Dp] and v transposed [B, H, Dp, Np]")
+        raise ValueError("attention_int8: q [B, H, M, Dp], k [B, H, N, Dp] and v transposed [B, H, Dp, Np] (E4M3) "
+                         "or [B, H, N, D]")
     dp = q8.shape[-1]
-    if (k8.shape[-1] != dp or vt8.shape[-2] != dp or q8.shape[:2] != k8.shape[:2] or k8.shape[:2] != vt8.shape[:2]
-            or vt8.shape[-1] < k8.shape[-2] or dp % INT8_K_STEP or not 0 < d <= dp):
+    v_fits = ((vt8.shape[-2] == dp and vt8.shape[-1] >= k8.shape[-2]) if vt8.dtype == torch.float8_e4m3fn
+              else vt8.shape[-2:] == (k8.shape[-2], d))
+    if (k8.shape[-1] != dp or not v_fits or q8.shape[:2] != k8.shape[:2] or k8.shape[:2] != vt8.shape[:2]
+            or dp % INT8_K_STEP or not 0 < d <= dp):
         raise ValueError(f"attention_int8: shapes do not fit: q {tuple(q8.shape)}, k {tuple(k8.shape)}, v^T "
                          f"{tuple(vt8.shape)}, head dim {d} (padded to a multiple of {INT8_K_STEP})")
     key_scales = (*k8.shape[:-2], -(-k8.shape[-2] // key_block))
@@ -114,8 +120,12 @@ def attention_int8_reference(q8: Tensor, q_scale: Tensor, k8: Tensor, k_scale: T
     s = (q8.float() @ k8.float().transpose(-1, -2)) * (q_scale[..., :, None] * k_scale[..., None, :] * scale)
     p = torch.exp(s - s.amax(dim=-1, keepdim=True))
     row_sum = p.sum(dim=-1, keepdim=True)
-    p8 = round_e4m3(p * P_SCALE)
-    v = vt8[..., :n].float().transpose(-1, -2)
+    if vt8.dtype == torch.float8_e4m3fn:
+        p8 = round_e4m3(p * P_SCALE)
+        v = vt8[..., :n].float().transpose(-1, -2)
+    else:   # the value product in bf16: P and v rounded to bf16
+        p8 = (p * P_SCALE).to(torch.bfloat16).float()
+        v = torch.nn.functional.pad(vt8.to(torch.bfloat16).float(), (0, q8.shape[-1] - d))
     out = (p8 @ v) * (v_scale.float() / P_SCALE) / row_sum
     return out[..., :d].to(out_dtype)
 
@@ -145,25 +155,30 @@ def _(q8, q_scale, k8, k_scale, vt8, v_scale, scale, d, out_dtype, key_block):
     return q8.new_empty((*q8.shape[:-1], d), dtype=out_dtype)
 
 
-def launch_key_block() -> int:
-    """Keys per k scale that the default launch takes (kernels.attention_int8_triton.CONFIG): its key tile when it
-    scales keys per tile, else 1 (per token)."""
+def launch_layout() -> tuple[int, bool]:
+    """(keys per k scale, E4M3 values) of the default launch (kernels.attention_int8_triton.CONFIG): its key tile
+    when it scales keys per tile, else 1 (per token); whether it takes E4M3 values or bf16 ones."""
     if not HAVE_TRITON:
-        return 1
+        return 1, True
     from kernels.attention_int8_triton import CONFIG
 
-    return CONFIG[1] if CONFIG[4] else 1
+    return (CONFIG.block_n if CONFIG.tile_scales else 1), CONFIG.v_fp8
 
 
 def attention_int8(q: Tensor, k: Tensor, v: Tensor, scale: float, impl: str = "auto",
-                   key_block: int | None = None) -> Tensor:
+                   key_block: int | None = None, v_fp8: bool | None = None) -> Tensor:
     """F.scaled_dot_product_attention(q, k, v, scale=scale) for [B, H, *, D] inputs, computed with INT8 scores and
-    E4M3 values (quantized here, per call; k per token or per key tile as the launch takes it; result in q's
-    dtype)."""
+    E4M3 or bf16 values (quantized here, per call; k per token or per key tile and v as the default launch takes
+    them unless given; result in q's dtype)."""
     d = q.shape[-1]
     dp = padded_head_dim(d)
-    key_block = key_block or launch_key_block()
+    launch_block, launch_fp8 = launch_layout()
+    key_block = key_block or launch_block
+    v_fp8 = launch_fp8 if v_fp8 is None else v_fp8
     q8, qs = quantize_int8_per_token(q, dp)
     k8, ks = quantize_int8_per_token(k, dp, key_block)
-    vt8, vs = quantize_v_fp8_transposed(v, dp)
-    return attention_int8_quantized(q8, qs, k8, ks, vt8, vs, scale, d, q.dtype, impl, key_block)
+    if v_fp8:
+        v, vs = quantize_v_fp8_transposed(v, dp)
+    else:
+        vs = torch.ones((), device=v.device)
+    return attention_int8_quantized(q8, qs, k8, ks, v, vs, scale, d, q.dtype, impl, key_block)

@@ -9,49 +9,78 @@ from __future__ import annotations
 
 import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["CONFIG", "CONFIG_CHOICES", "attention_int8_triton"]
+__all__ = ["CONFIG", "CONFIG_CHOICES", "Launch", "attention_int8_triton"]
 
-CONFIG = (128, 64, 8, 3, False)
-"""(queries per program, keys per tile, warps, pipeline stages, one k scale per key tile instead of per token). Not yet timed on a GPU. Compiled for sm_90 without
-a GPU (`python -m kernels.gdn_triton_testing --resources`), both products are wgmma (m64n64k32 s32.s8.s8 and
-m64n128k32 f32.e4m3.e4m3), 230 registers per thread (225 with per-tile k scales), no spills, 64.5 KB of shared
-memory; `bench.kernels --only attention_int8_sweep` times every choice. SANA_WM_ATTN_INT8_CONFIG="128,64,8,3,1"
-picks another (the fifth value 1: per-tile k scales)."""
-if os.environ.get("SANA_WM_ATTN_INT8_CONFIG"):   # e.g. "128,128,8,2": a launch choice to time without editing CONFIG
+
+class Launch(NamedTuple):
+    block_m: int
+    """Queries per program."""
+    block_n: int
+    """Keys per tile."""
+    warps: int
+    stages: int
+    """Software-pipeline stages of the key loop."""
+    tile_scales: bool = False
+    """One k scale per key tile instead of per token (one multiply fewer per score)."""
+    v_fp8: bool = True
+    """E4M3 values (transposed, one scale) and E4M3 probabilities; False: the value product in bf16 from v as
+    it is ([..., keys, D], e.g. a view of the cache: nothing to quantize or transpose per call)."""
+
+
+CONFIG = Launch(128, 64, 8, 3)
+"""Not yet timed on a GPU. Compiled for sm_90 without a GPU (`python -m kernels.gdn_triton_testing --resources`):
+both products are wgmma (m64n64k32 s32.s8.s8 and m64n128k32 f32.e4m3.e4m3), 230 registers per thread, no spills,
+64.5 KB of shared memory. `bench.kernels --only attention_int8_sweep` times every choice;
+SANA_WM_ATTN_INT8_CONFIG="128,64,8,3,1,0" picks another (the Launch fields in order, booleans as 0 / 1)."""
+if os.environ.get("SANA_WM_ATTN_INT8_CONFIG"):   # a launch choice to time without editing CONFIG
     _ints = [int(v) for v in os.environ["SANA_WM_ATTN_INT8_CONFIG"].split(",")]
-    CONFIG = (*_ints[:4], len(_ints) > 4 and _ints[4] == 1)
-CONFIG_CHOICES = tuple((*shape, tile_scales) for tile_scales in (False, True) for shape in (
-    (128, 64, 8, 3), (128, 64, 8, 2), (128, 64, 8, 4), (128, 128, 8, 3), (128, 128, 8, 2), (128, 32, 8, 3),
-    (64, 64, 4, 3), (64, 64, 4, 2), (64, 32, 4, 3)))
+    CONFIG = Launch(*_ints[:4], *(bool(v) for v in _ints[4:6]))
+CONFIG_CHOICES = tuple(Launch(*shape, tile_scales, v_fp8) for v_fp8 in (True, False) for tile_scales in (False, True)
+                       for shape in ((128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (128, 32, 8, 3),
+                                     (64, 64, 4, 3), (64, 32, 4, 3)))
 """Launch choices that compile for sm_90 without spills (128 queries on 4 warps spill at 64- and 32-key tiles, 64
-queries on 4 warps at 128-key tiles), with per-token and per-tile k scales."""
+queries on 4 warps at 128-key tiles)."""
 
 LOG2E = 1.0 / math.log(2.0)
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
-def _key_tile(acc, m_i, l_i, q, q_scale, k_base, ks_base, v_base, start, N, s_kn, s_vd, dims,
-              BLOCK_N: tl.constexpr, MASKED: tl.constexpr, TILE_SCALES: tl.constexpr):
+def _key_tile(acc, m_i, l_i, q, q_scale, k_base, ks_base, v_base, start, N, s_kn, s_vn, s_vd, dims,
+              D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, TILE_SCALES: tl.constexpr,
+              V_FP8: tl.constexpr, V_DOT_FP16: tl.constexpr):
     """One tile of keys into the running (acc, row max, row sum). Few fp32 operations per score, since with the
     products at INT8 / E4M3 rate the elementwise work is what bounds the loop: the int32 score turns into fp32
     by an integer add and a bit cast (exact below 2^22; the conversion instruction runs at a quarter rate), the
     query's scale goes into the exponent's fused multiply-add, and x 448 into the exponent as + log2(448) (the row
     sum carries the same factor, so it cancels). With one k scale per tile (TILE_SCALES) it goes into the
-    exponent's multiply-add too: one multiply fewer per score."""
+    exponent's multiply-add too: one multiply fewer per score. Values: E4M3 transposed (keys contiguous, as FP8
+    wgmma wants both operands), or bf16 / fp16 as they are (dims contiguous, the padded dims masked)."""
     cols = start + tl.arange(0, BLOCK_N)
+    if V_FP8:   # loaded [dims, keys] (keys contiguous) and transposed in the dot: 230 registers, no spills
+        v_ptrs = v_base + dims.to(tl.int64)[:, None] * s_vd + cols[None, :] * s_vn
+    else:
+        v_ptrs = v_base + cols.to(tl.int64)[:, None] * s_vn + dims[None, :] * s_vd
     if MASKED:
         col_ok = cols < N
         k = tl.load(k_base + cols.to(tl.int64)[:, None] * s_kn + dims[None, :], mask=col_ok[:, None], other=0)
-        vt = tl.load(v_base + dims.to(tl.int64)[:, None] * s_vd + cols[None, :], mask=col_ok[None, :], other=0.0)
+        if V_FP8:
+            v = tl.load(v_ptrs, mask=col_ok[None, :], other=0.0)
+        else:
+            v = tl.load(v_ptrs, mask=col_ok[:, None] & (dims < D)[None, :], other=0.0)
     else:
         k = tl.load(k_base + cols.to(tl.int64)[:, None] * s_kn + dims[None, :])
-        vt = tl.load(v_base + dims.to(tl.int64)[:, None] * s_vd + cols[None, :])
+        if V_FP8:
+            v = tl.load(v_ptrs)
+        else:
+            v = tl.load(v_ptrs, mask=(dims < D)[None, :], other=0.0)
     s = tl.dot(q, tl.trans(k))                                                    # int32, |s| < 2^22
     # s as fp32 (exact: |s| < 2^22) by an integer add, a bit cast and a subtraction of the offset
     t = (s + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
@@ -73,19 +102,25 @@ def _key_tile(acc, m_i, l_i, q, q_scale, k_base, ks_base, v_base, start, N, s_kn
         p = tl.exp2(x * q_scale[:, None] - (m_new - 8.807354922057604)[:, None])     # 448 * 2^(score - max)
     alpha = tl.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(tl.float8e4nv), tl.trans(vt))
+    if V_FP8:
+        acc = acc * alpha[:, None] + tl.dot(p.to(tl.float8e4nv), tl.trans(v))
+    elif V_DOT_FP16:   # fp16 v, or the Triton interpreter (CPU tests), whose bf16 dots are wrong
+        acc = acc * alpha[:, None] + tl.dot(p.to(tl.float16), v.to(tl.float16))
+    else:
+        acc = acc * alpha[:, None] + tl.dot(p.to(tl.bfloat16), v.to(tl.bfloat16))
     return acc, m_new, l_i
 
 
 @triton.jit
 def _attention_int8_kernel(
-    p_q, p_qs, p_k, p_ks, p_vt, p_out, p_vs,
+    p_q, p_qs, p_k, p_ks, p_v, p_out, p_vs,
     M, N, H, qk_scale,
     s_qb, s_qh, s_qm, s_qsb, s_qsh,
     s_kb, s_kh, s_kn, s_ksb, s_ksh,
-    s_vb, s_vh, s_vd,
+    s_vb, s_vh, s_vn, s_vd,
     s_ob, s_oh, s_om,
     D: tl.constexpr, DP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, TILE_SCALES: tl.constexpr,
+    V_FP8: tl.constexpr, V_DOT_FP16: tl.constexpr,
 ):
     pid_m, bh = tl.program_id(0), tl.program_id(1)
     b = (bh // H).to(tl.int64)
@@ -99,46 +134,57 @@ def _attention_int8_kernel(
     q_scale = tl.load(p_qs + b * s_qsb + h * s_qsh + rows, mask=row_ok, other=1.0) * qk_scale   # no 0 * inf
     k_base = p_k + b * s_kb + h * s_kh
     ks_base = p_ks + b * s_ksb + h * s_ksh
-    v_base = p_vt + b * s_vb + h * s_vh
+    v_base = p_v + b * s_vb + h * s_vh
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, DP], tl.float32)
     n_full = (N // BLOCK_N) * BLOCK_N
     for start in range(0, n_full, BLOCK_N):
-        acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, q_scale, k_base, ks_base, v_base, start, N, s_kn, s_vd, dims,
-                                  BLOCK_N, False, TILE_SCALES)
+        acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, q_scale, k_base, ks_base, v_base, start, N, s_kn, s_vn, s_vd,
+                                  dims, D, BLOCK_N, False, TILE_SCALES, V_FP8, V_DOT_FP16)
     if n_full < N:   # the last, partial tile: the only one with masks
-        acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, q_scale, k_base, ks_base, v_base, n_full, N, s_kn, s_vd, dims,
-                                  BLOCK_N, True, TILE_SCALES)
+        acc, m_i, l_i = _key_tile(acc, m_i, l_i, q, q_scale, k_base, ks_base, v_base, n_full, N, s_kn, s_vn, s_vd,
+                                  dims, D, BLOCK_N, True, TILE_SCALES, V_FP8, V_DOT_FP16)
     out = acc * tl.load(p_vs) / l_i[:, None]
     tl.store(p_out + b * s_ob + h * s_oh + rows.to(tl.int64)[:, None] * s_om + dims[None, :],
              out.to(p_out.dtype.element_ty), mask=row_ok[:, None] & (dims < D)[None, :])
 
 
-def attention_int8_triton(q8: Tensor, q_scale: Tensor, k8: Tensor, k_scale: Tensor, vt8: Tensor, v_scale: Tensor,
+def attention_int8_triton(q8: Tensor, q_scale: Tensor, k8: Tensor, k_scale: Tensor, v: Tensor, v_scale: Tensor,
                           scale: float, d: int, out_dtype: torch.dtype = torch.bfloat16,
-                          config: tuple | None = None, key_block: int = 1) -> Tensor:
-    """key_block: keys per k scale (1, or the launch's key tile with its per-tile scales); config: a launch
-    choice (CONFIG's form), else CONFIG with its key tile set to key_block when that is above 1."""
+                          config: Launch | None = None, key_block: int = 1) -> Tensor:
+    """key_block: keys per k scale (1, or the launch's key tile with its per-tile scales). v: E4M3 transposed
+    [B, H, DP, keys padded] or bf16 [B, H, keys, d] (`attention_int8.py`), which picks the value product. config: a
+    launch choice, else CONFIG with its key tile set to key_block when that is above 1 and its v_fp8 set by v."""
     B, H, M, DP = q8.shape
     N = k8.shape[2]
-    block_m, block_n, warps, stages, tile_scales = config or CONFIG
+    v_fp8 = v.dtype == torch.float8_e4m3fn
     if config is None:
-        tile_scales = key_block > 1
-        block_n = key_block if tile_scales else block_n
-    if tile_scales != (key_block > 1) or (tile_scales and key_block != block_n):
-        raise ValueError(f"attention_int8: k scaled per {key_block} keys, the launch takes key tiles of {block_n} "
-                         f"with {'per-tile' if tile_scales else 'per-token'} scales")
-    for t in (q8, k8, vt8, q_scale, k_scale):
+        config = CONFIG._replace(tile_scales=key_block > 1, v_fp8=v_fp8)
+        if key_block > 1:
+            config = config._replace(block_n=key_block)
+    config = Launch(*config)
+    if config.tile_scales != (key_block > 1) or (config.tile_scales and key_block != config.block_n):
+        raise ValueError(f"attention_int8: k scaled per {key_block} keys, the launch takes key tiles of "
+                         f"{config.block_n} with {'per-tile' if config.tile_scales else 'per-token'} scales")
+    if config.v_fp8 != v_fp8:
+        raise ValueError(f"attention_int8: the launch takes {'E4M3' if config.v_fp8 else 'bf16'} values, got {v.dtype}")
+    for t in (q8, k8, q_scale, k_scale):
         if t.stride(-1) != 1:
             raise ValueError("attention_int8: the operands' and scales' last dimension must be contiguous")
+    if v.stride(-1) != 1:
+        raise ValueError("attention_int8: v's last dimension must be contiguous")
+    # the value tile is addressed as [keys, dims] in both layouts
+    s_vn, s_vd = (v.stride(3), v.stride(2)) if v_fp8 else (v.stride(2), v.stride(3))
     out = torch.empty(B, H, M, d, device=q8.device, dtype=out_dtype)
-    grid = (triton.cdiv(M, block_m), B * H)
+    grid = (triton.cdiv(M, config.block_m), B * H)
     _attention_int8_kernel[grid](
-        q8, q_scale, k8, k_scale, vt8, out, v_scale.float().reshape(1), M, N, H, scale * LOG2E,
+        q8, q_scale, k8, k_scale, v, out, v_scale.float().reshape(1), M, N, H, scale * LOG2E,
         q8.stride(0), q8.stride(1), q8.stride(2), q_scale.stride(0), q_scale.stride(1),
         k8.stride(0), k8.stride(1), k8.stride(2), k_scale.stride(0), k_scale.stride(1),
-        vt8.stride(0), vt8.stride(1), vt8.stride(2),
+        v.stride(0), v.stride(1), s_vn, s_vd,
         out.stride(0), out.stride(1), out.stride(2),
-        D=d, DP=DP, BLOCK_M=block_m, BLOCK_N=block_n, TILE_SCALES=tile_scales, num_warps=warps, num_stages=stages)
+        D=d, DP=DP, BLOCK_M=config.block_m, BLOCK_N=config.block_n, TILE_SCALES=config.tile_scales,
+        V_FP8=v_fp8, V_DOT_FP16=v.dtype == torch.float16 or INTERPRETED, num_warps=config.warps,
+        num_stages=config.stages)
     return out

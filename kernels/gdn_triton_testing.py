@@ -161,7 +161,7 @@ def compile_resources(kernel, constexprs: dict, arg_types: dict | None = None, *
 
 STREAMING_DIVISIBLE = tuple(f"stride_{t}{d}" for t in ("q", "k", "kr", "v", "qr") for d in ("b", "h", "t", "s")) + (
     "S", "D", "DK", "DV", "M", "s_an", "s_ah", "s_aw", "s_on", "s_oh", "s_ow", "s_wr", "s_ws", "N", "s_qb", "s_qh",
-    "s_qm", "s_qsb", "s_qsh", "s_kb", "s_kh", "s_kn", "s_ksb", "s_ksh", "s_vb", "s_vh", "s_vd", "s_ob", "s_oh", "s_om")
+    "s_qm", "s_qsb", "s_qsh", "s_kb", "s_kh", "s_kn", "s_ksb", "s_ksh", "s_vb", "s_vh", "s_vn", "s_vd", "s_ob", "s_oh", "s_om")
 """Int arguments divisible by 16 at the streaming shape (S = 880, D = 112 and the strides of [B, H, T, S, D]
 tensors; the depthwise + GLU kernel's M = 6720 and channels-last strides; the INT8 attention's 2640 queries, 7920
 keys and the strides of its operands), which the JIT specializes on; beta's strides (H = 20 per token) and T are
@@ -226,11 +226,14 @@ def default_resource_cases() -> list[tuple]:
     # The softmax blocks' INT8-score / E4M3-value attention (not yet on the model's path) at D = 112.
     from kernels import attention_int8_triton as at
 
-    block_m, block_n, warps, stages, tile_scales = at.CONFIG
+    launch = at.CONFIG
     cases.append(("attention_int8", at._attention_int8_kernel,
-                  {"D": 112, "DP": 128, "BLOCK_M": block_m, "BLOCK_N": block_n, "TILE_SCALES": tile_scales},
-                  {"p_q": "*i8", "p_k": "*i8", "p_vt": "*fp8e4nv", "p_out": "*bf16", "p_qs": "*fp32",
-                   "p_ks": "*fp32", "p_vs": "*fp32", "qk_scale": "fp32"}, warps, stages))
+                  {"s_vn" if launch.v_fp8 else "s_vd": 1,    # the JIT specializes a unit stride
+                   "D": 112, "DP": 128, "BLOCK_M": launch.block_m, "BLOCK_N": launch.block_n,
+                   "TILE_SCALES": launch.tile_scales, "V_FP8": launch.v_fp8, "V_DOT_FP16": False},
+                  {"p_q": "*i8", "p_k": "*i8", "p_v": "*fp8e4nv" if launch.v_fp8 else "*bf16", "p_out": "*bf16",
+                   "p_qs": "*fp32", "p_ks": "*fp32", "p_vs": "*fp32", "qk_scale": "fp32"}, launch.warps,
+                  launch.stages))
     return cases
 
 

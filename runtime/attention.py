@@ -24,10 +24,11 @@ from runtime.norms import RMSNorm
 from runtime.short_conv import bidirectional_short_conv, next_left_context
 from runtime.stacked_linear import StackedLinears
 
-ATTENTION_KERNELS = ("sdpa", "int8")
+ATTENTION_KERNELS = ("sdpa", "int8", "int8_bf16v")
 """How the softmax blocks' self-attention runs: "sdpa" (bf16 F.scaled_dot_product_attention, as the official
-model) or "int8" (INT8 scores and E4M3 values, kernels.attention_int8: an experiment, not yet timed on a GPU; its
-quality cost on the shipped model is ~0.2 dB, docs/quantization.md). Default from SANA_WM_ATTENTION."""
+model), "int8" (INT8 scores, E4M3 values and probabilities, kernels.attention_int8) or "int8_bf16v" (INT8 scores,
+the value product in bf16 from the cached values as they are). Both INT8 kinds are experiments, not yet timed on a
+GPU; their quality on the shipped model is in docs/quantization.md. Default from SANA_WM_ATTENTION."""
 DEFAULT_ATTENTION_KERNEL = os.environ.get("SANA_WM_ATTENTION", "sdpa")
 if DEFAULT_ATTENTION_KERNEL not in ATTENTION_KERNELS:
     raise ValueError(f"SANA_WM_ATTENTION: expected one of {', '.join(ATTENTION_KERNELS)}, got "
@@ -284,8 +285,8 @@ class SoftmaxAttention(CameraAttention):
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float) -> Tensor:
         if self.fp8_attention:
             return attention_fp8(q, k, v, scale, attn_mask=mask, operands=self.fp8_attention)
-        if self.attention_kernel == "int8" and mask is None:
-            return attention_int8(q, k, v, scale)
+        if self.attention_kernel != "sdpa" and mask is None:
+            return attention_int8(q, k, v, scale, v_fp8=self.attention_kernel == "int8")
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
 
 

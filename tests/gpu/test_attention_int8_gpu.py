@@ -25,20 +25,21 @@ def test_attention_int8_at_the_streaming_shape():
     exact = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), scale=scale)
     expected = {}
     for config in CONFIG_CHOICES:
-        block_n, tile_scales = config[1], config[4]
-        key_block = block_n if tile_scales else 1
-        ops = (*ai.quantize_int8_per_token(q, 128), *ai.quantize_int8_per_token(k, 128, key_block),
-               *ai.quantize_v_fp8_transposed(v, 128))
+        key_block = config.block_n if config.tile_scales else 1
+        values = ai.quantize_v_fp8_transposed(v, 128) if config.v_fp8 else (v, torch.ones((), device="cuda"))
+        ops = (*ai.quantize_int8_per_token(q, 128), *ai.quantize_int8_per_token(k, 128, key_block), *values)
         got = attention_int8_triton(*ops, scale, 112, torch.float32, config=config, key_block=key_block)
-        if (block_n, tile_scales) not in expected:
-            expected[block_n, tile_scales] = _tiled_reference(*ops, scale, 112, block_n, tile_scales)
+        layout = (config.block_n, config.tile_scales, config.v_fp8)
+        if layout not in expected:
+            expected[layout] = _tiled_reference(*ops, scale, 112, config.block_n, config.tile_scales)
         # exp2 on the GPU is not torch's to the last bit: the odd E4M3 rounding of P flips
-        assert rel_err(got, expected[block_n, tile_scales]) < 5e-3, config
+        assert rel_err(got, expected[layout]) < 5e-3, config
         assert rel_err(got, exact) < 0.06, config
     assert rel_err(ai.attention_int8(q, k, v, scale), exact) < 0.06
 
 
-def test_full_config_with_int8_attention_compiled_and_graphed():
+@pytest.mark.parametrize("kind", ["int8", "int8_bf16v"], ids=["e4m3-values", "bf16-values"])
+def test_full_config_with_int8_attention_compiled_and_graphed(kind):
     """The full 2.6B config in bf16 over 4 chunks: the softmax blocks on the INT8 kernel, compiled and replayed
     from one CUDA graph, against the eager SDPA step: close (the INT8 / E4M3 roundings of the attention alone,
     ~0.2 dB on the shipped model) and captured once (no recompiles across chunks)."""
@@ -48,7 +49,7 @@ def test_full_config_with_int8_attention_compiled_and_graphed():
     from tests.gpu.test_streaming_gpu import compiled_full_config_against_eager
 
     def int8_attention(model):
-        assert set_attention_kernel_(model, "int8") == 5
+        assert set_attention_kernel_(model, kind) == 5
 
     fast, eager, seen = compiled_full_config_against_eager(int8_attention)
     assert len(seen) == 1

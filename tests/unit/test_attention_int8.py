@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 
@@ -24,6 +25,8 @@ import torch.nn.functional as F
 from kernels import attention_int8 as ai
 from tests.tolerances import rel_err
 
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
 
 def _qkv(b=2, h=3, m=70, n=150, d=48, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -31,10 +34,10 @@ def _qkv(b=2, h=3, m=70, n=150, d=48, seed=0):
             (torch.randn(b, h, n, d, generator=g) * 0.5).to(DEVICE))
 
 
-def _operands(q, k, v, key_block=1):
+def _operands(q, k, v, key_block=1, v_fp8=True):
     dp = ai.padded_head_dim(q.shape[-1])
-    return (*ai.quantize_int8_per_token(q, dp), *ai.quantize_int8_per_token(k, dp, key_block),
-            *ai.quantize_v_fp8_transposed(v, dp))
+    values = ai.quantize_v_fp8_transposed(v, dp) if v_fp8 else (v, torch.ones((), device=v.device))
+    return (*ai.quantize_int8_per_token(q, dp), *ai.quantize_int8_per_token(k, dp, key_block), *values)
 
 
 def _round_e4m3_like_the_kernel(x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +84,12 @@ def _tiled_reference(q8, qs, k8, ks, vt8, vs, scale, d, block_n, tile_scales=Fal
         alpha = torch.exp2(m_i - m_new)
         p = torch.exp2(x * q_scale[..., None] - (m_new - math.log2(448))[..., None])   # 448 x the probability
         l_i = l_i * alpha + p.sum(-1)
-        acc = acc * alpha[..., None] + _round_e4m3_like_the_kernel(p) @ vt8[..., cols].float().transpose(-1, -2)
+        if vt8.dtype == torch.float8_e4m3fn:
+            acc = acc * alpha[..., None] + _round_e4m3_like_the_kernel(p) @ vt8[..., cols].float().transpose(-1, -2)
+        else:   # the value product from v as it is, in bf16 (fp16 under the interpreter, as the kernel)
+            dot = torch.float16 if INTERPRETED or vt8.dtype == torch.float16 else torch.bfloat16
+            v = F.pad(vt8[..., cols, :].to(dot).float(), (0, q8.shape[-1] - d))
+            acc = acc * alpha[..., None] + p.to(dot).float() @ v
         m_i = m_new
     return (acc * vs / l_i[..., None])[..., :d]
 
@@ -132,24 +140,26 @@ def test_reference_is_the_quality_emulation():
 
 @needs_triton
 @pytest.mark.parametrize("config", [(64, 256, 4, 1, False), (32, 32, 4, 2, False), None, (64, 256, 4, 1, True),
-                                    (32, 32, 4, 2, True)],
-                         ids=["one-tile", "tiles", "default", "one-tile-tile-scales", "tiles-tile-scales"])
+                                    (32, 32, 4, 2, True), (64, 256, 4, 1, False, False), (32, 32, 4, 2, True, False)],
+                         ids=["one-tile", "tiles", "default", "one-tile-tile-scales", "tiles-tile-scales",
+                              "one-tile-bf16-v", "tiles-tile-scales-bf16-v"])
 @pytest.mark.parametrize("shape", [(2, 3, 70, 150, 48), (1, 2, 33, 17, 112)], ids=["d48", "d112"])
 def test_triton_kernel_is_its_tiled_arithmetic(config, shape, monkeypatch):
     """Queries and keys not multiples of the blocks; one key tile (P rounded against the final maximum: the
     reference itself) and several (against the running one); k scaled per token or per key tile."""
-    from kernels.attention_int8_triton import CONFIG, attention_int8_triton
+    from kernels.attention_int8_triton import CONFIG, Launch, attention_int8_triton
 
     b, h, m, n, d = shape
     q, k, v = _qkv(b, h, m, n, d, seed=3)
-    block_n, tile_scales = (config or CONFIG)[1], (config or CONFIG)[4]
+    launch = Launch(*(config or CONFIG))
+    block_n, tile_scales = launch.block_n, launch.tile_scales
     key_block = block_n if tile_scales else 1
-    ops = _operands(q, k, v, key_block)
+    ops = _operands(q, k, v, key_block, launch.v_fp8)
     scale = d ** -0.5
     got = attention_int8_triton(*ops, scale, d, torch.float32, config=config, key_block=key_block)
     assert got.shape == (b, h, m, d)
     assert rel_err(got, _tiled_reference(*ops, scale, d, block_n, tile_scales)) < 1e-4
-    if block_n >= n:
+    if block_n >= n and launch.v_fp8:
         monkeypatch.setattr(ai, "round_e4m3", _round_e4m3_like_the_kernel)
         want = ai.attention_int8_reference(*ops, scale, d, torch.float32, key_block=key_block)
         assert rel_err(got, want) < 1e-4
@@ -222,6 +232,10 @@ def test_softmax_blocks_run_the_int8_kernel_when_asked():
     for a, b, e in zip(int8, sdpa, emulated):
         assert 0 < rel_err(a, b) < 0.1          # random init: ~1e-4 (the residual stream dominates)
         assert rel_err(a, e) < 0.1 * rel_err(a, b)   # ~3e-6
+    enable_fp8_attention_(model, "")
+    set_attention_kernel_(model, "int8_bf16v")   # the value product in bf16: closer to SDPA than E4M3 values
+    for a, b, e8 in zip(_walk_latents(model), sdpa, int8):
+        assert 0 < rel_err(a, b) < rel_err(e8, b)
     with pytest.raises(ValueError, match="attention kernel"):
         set_attention_kernel_(model, "fp8")
 
