@@ -1,28 +1,29 @@
-"""Softmax attention with INT8 scores and E4M3 values (SageAttention's recipe), for the softmax blocks' streaming
-self-attention: q and k in INT8 with one scale per token, the probabilities and v in float8_e4m3fn.
+"""Softmax attention with INT8 scores (SageAttention's recipe), for the softmax blocks' streaming self-attention:
+q and k in INT8 with fp32 scales, the value product in E4M3 (v and the probabilities) or in bf16.
 
-Why: in the FP8 generator the softmax blocks' self-attention (2 x 20 heads, 2640 queries over 7920 keys, D = 112)
+Why: in the FP8 generator the softmax blocks' self-attention (2 x 20 heads, 2640 queries over 8800 keys, D = 112)
 takes ~0.9 ms per call in cuDNN's bf16 flash attention, 25 calls and ~23 ms per chunk (H200, round 27d profile),
 and Hopper's INT8 / FP8 tensor cores run at twice the bf16 rate. What it costs in quality was measured first, on the
-shipped model with the emulation in `quant.attention` (docs/quantization.md): all-E4M3 attention costs ~4 dB
-(E4M3 keys, 3 mantissa bits, move the logits), INT8 q and k with per-token scales cost nothing measurable on top
-of the FP8 static linears (39.6 vs 39.7 dB against bf16).
+shipped model (docs/quantization.md): all-E4M3 attention costs ~6 dB on the FP8 model (E4M3 keys, 3 mantissa
+bits, move the logits); INT8 q and k cost 0.1-0.5 dB (39.64 dB with bf16 values, 39.26 with E4M3 values, against
+39.71 without).
 
 The arithmetic (`attention_int8_reference` spells it in PyTorch):
 - q, k: int8 codes with fp32 scales per token (amax / 127; k optionally per key tile: one multiply less per
   score, 47.2 vs 47.7 dB at 64 keys in a session-13 throwaway run), head dim zero-padded to a power of two of at
-  least 32 (the INT8 tensor-core K step; 112 -> 128); scores = (q8 . k8) * q_scale * k_scale * softmax scale, exact int32 products;
+  least 32 (the INT8 tensor-core K step; 112 -> 128); scores = (q8 . k8) * q_scale * k_scale * softmax scale,
+  exact int32 products;
 - online softmax in fp32; each tile's probabilities relative to the running row maximum, times 448, rounded to
-  E4M3 for the value product; the row sum takes the unrounded ones;
+  E4M3 (or bf16) for the value product; the row sum takes the unrounded ones;
 - v: E4M3 codes with one fp32 scale per tensor, stored transposed [..., D_pad, N_pad] so that the value product's
   reduction dimension (the keys) is contiguous, as Hopper's FP8 tensor cores require of both operands; or v as it
-  is ([..., N, D], bf16) with the value product in bf16 (P rounded to bf16): half the tensor-core rate for that
-  product, but nothing to quantize or transpose per call.
+  is ([..., N, D], bf16) with the value product in bf16: half the tensor-core rate for that product, but nothing
+  to quantize or transpose per call.
 
-Not yet timed on a GPU: `bench.kernels --only attention_int8` times it against cuDNN at the streaming shape. The
-softmax blocks take it when asked (`runtime.attention.set_attention_kernel_(model, "int8")` or
-SANA_WM_ATTENTION=int8; off by default), as a drop-in that quantizes q, k and v on every call; if the kernel wins,
-the next step is K / V cached already quantized and q quantized in the prep kernel.
+Not yet timed on a GPU: `bench.kernels --only attention_int8,attention_int8_sweep` times it against cuDNN at the
+streaming shape. The softmax blocks take it when asked (`runtime.attention.set_attention_kernel_(model, "int8" or
+"int8_bf16v")`, or SANA_WM_ATTENTION; off by default), as a drop-in that quantizes q, k (and v) on every call; if
+the kernel wins, the next step is K / V cached already quantized and q quantized in the prep kernel.
 """
 from __future__ import annotations
 
@@ -31,9 +32,8 @@ from torch import Tensor
 
 from kernels.dispatch import HAVE_TRITON, use_triton
 
-__all__ = ["P_SCALE", "attention_int8", "attention_int8_quantized", "attention_int8_reference", "launch_layout", "pad_to",
-           "padded_head_dim",
-           "quantize_int8_per_token", "quantize_v_fp8_transposed"]
+__all__ = ["P_SCALE", "attention_int8", "attention_int8_quantized", "attention_int8_reference", "launch_layout",
+           "pad_to", "padded_head_dim", "quantize_int8_per_token", "quantize_v_fp8_transposed"]
 
 E4M3_MAX = 448.0
 P_SCALE = E4M3_MAX
