@@ -158,6 +158,11 @@ class Explorer:
         import moderngl
         import pygame
 
+        # The runtime's kernel stack (triton's libtriton) loads before any OpenGL context: libtriton and Mesa's
+        # llvmpipe each carry an LLVM, and libtriton loaded second crashed the process in its import (a segfault
+        # when the first recording, or a model, came after the window).
+        import runtime.attention  # noqa: F401
+
         if self.opts.headless:
             # Events need an initialised video subsystem; the dummy driver gives one without a screen.
             prev = os.environ.get("SDL_VIDEODRIVER")
@@ -457,9 +462,13 @@ class Explorer:
             path = _numbered(path, 1 + sum(1 for p in self.recordings if p.stem.startswith(path.stem)))
         # A local model's fast path is known (a replay follows its precision); a server's is not.
         fast = self.opts.fast if self.opts.fast is not None and not self.opts.connect else None
+        # A local model attends as SANA_WM_ATTENTION says (runtime.attention); a server's is unknown.
+        from runtime.attention import DEFAULT_ATTENTION_KERNEL
+
         self.recorder = Recorder(path, info=self.info, walk=self.walk, seed=self.seed, prompt=self.opts.prompt,
                                  image=self.opts.image, model=self.info.model,
-                                 fast_path=None if fast is None else fast.to_dict())
+                                 fast_path=None if fast is None else fast.to_dict(),
+                                 softmax_attention=None if self.opts.connect else [DEFAULT_ATTENTION_KERNEL])
         self.recordings.append(path)
 
     def _stop_recording(self) -> None:

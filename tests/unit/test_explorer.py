@@ -563,6 +563,7 @@ def test_real_local_client_records_and_replays_identically(tmp_path, precision):
     assert len(live) == 31
     log = json.loads(rec.with_suffix(".json").read_text())
     assert log["fast_path"]["precision"] == precision
+    assert log["softmax_attention"] == ["sdpa"]
     np.testing.assert_array_equal(np.asarray(log["c2w"])[:31], actions_to_c2w(script))
     assert main(["render", "--replay", str(rec.with_suffix(".json")), "--out", str(replay), "-q"]) == 0
     again, _ = read_mp4(replay)

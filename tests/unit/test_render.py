@@ -34,6 +34,29 @@ def test_render_writes_mp4_and_replays_exactly(tmp_path):
     assert np.array_equal(replayed, frames)
 
 
+def test_render_records_the_attention_kernel_and_replays_it(tmp_path):
+    """A render with SANA_WM_ATTENTION=int8_bf16v (the INT8-score attention, its PyTorch reference on the CPU)
+    records it in the sidecar; its frames are close to the default's but not the same; a replay without the
+    variable attends the logged way and reproduces them exactly."""
+    import os
+
+    base, int8 = tmp_path / "sdpa.mp4", tmp_path / "int8.mp4"
+    assert run_cli("render", "--actions", "w-20,l-12", "--out", str(base), "-q").returncode == 0
+    r = subprocess.run([sys.executable, "-m", "runtime.cli", "render", "--actions", "w-20,l-12", "--out", str(int8),
+                        "-q"], capture_output=True, text=True, timeout=600, check=False,
+                       env={**os.environ, "SANA_WM_ATTENTION": "int8_bf16v"})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(base.with_suffix(".json").read_text())["softmax_attention"] == ["sdpa"]
+    assert json.loads(int8.with_suffix(".json").read_text())["softmax_attention"] == ["int8_bf16v"]
+    (a, _), (b, _) = read_mp4(base), read_mp4(int8)
+    mse = float(((a[1:].astype(np.float64) - b[1:]) ** 2).mean())
+    assert 0 < mse and 10 * np.log10(255 ** 2 / mse) > 30
+    again = tmp_path / "again.mp4"
+    r = run_cli("render", "--replay", str(int8.with_suffix(".json")), "--out", str(again), "-q")
+    assert r.returncode == 0, r.stderr
+    assert np.array_equal(read_mp4(again)[0], b)
+
+
 def test_render_camera_file(tmp_path):
     from runtime.camera import CameraPath, actions_to_c2w, save_camera
 
