@@ -454,7 +454,8 @@ def build_cases(quick: bool) -> list[dict]:
     from kernels.attention_int8_triton import CONFIG_CHOICES as ATTENTION_CHOICES
 
     for quantize in (False, True):
-        cases.append({"op": "attention_int8", "tol": 0.06, "shape": "pair 2640x8800" + (" +quantize" if quantize else ""),
+        shape = "pair 2640x8800" + (" +quantize" if quantize else "")
+        cases.append({"op": "attention_int8", "tol": 0.06, "shape": shape,
                       "make": lambda z=quantize: _attention_int8_case(quantize=z)})
     for cfg in ATTENTION_CHOICES:
         cases.append({"op": "attention_int8_sweep", "tol": 0.06, "shape": "-".join(map(str, cfg)),

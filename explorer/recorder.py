@@ -84,7 +84,7 @@ class Recorder:
         seed, prompt, image, model: what the session was opened with (image: a file path or None for the
             built-in start image).
         fast_path: the local model's `FastPath.to_dict()` (None: unknown, a remote model's).
-        softmax_attention: the local model's softmax attention kernels (`runtime.render.softmax_attention_kinds`;
+        softmax_attention: the local model's softmax attention kernels (`runtime.attention.attention_kernels_of`;
             None: unknown, a remote model's).
     """
 
@@ -113,7 +113,8 @@ class Recorder:
         image_ref = None if image is None else str(Path(image).resolve())
         self._meta = {
             "kind": "sana-wm-walk", "version": SIDECAR_VERSION, "source": "sana-wm explore",
-            "model": model, "fast_path": fast_path, "softmax_attention": softmax_attention, "seed": int(seed), "prompt": prompt, "image": image_ref,
+            "model": model, "fast_path": fast_path, "softmax_attention": softmax_attention, "seed": int(seed),
+            "prompt": prompt, "image": image_ref,
             "image_sha256": file_sha256(image_ref), "fps": info.fps, "intrinsics": None, "image_hw": None,
         }
         self.flush()

@@ -47,7 +47,6 @@ def _check_operands(operands: str, who: str) -> None:
                          f"got {operands!r}")
 
 
-
 def _softmax_numerator(s: Tensor) -> tuple[Tensor, Tensor]:
     """(exp(s - row max), its row sum): each row's probabilities relative to its maximum, unnormalised."""
     p = torch.exp(s - s.amax(dim=-1, keepdim=True))
@@ -74,9 +73,9 @@ def attention_fp8(q: Tensor, k: Tensor, v: Tensor, scale: float, attn_mask: Tens
     """F.scaled_dot_product_attention(q, k, v, scale=scale) with q, k, v rounded to E4M3 under dynamic
     per-tensor scales and P to E4M3 (result in q's dtype). `operands` names the ones rounded (any of "q", "k",
     "v", "p"; the others stay exact: for finding which rounding costs the quality); "i" rounds q and k to INT8
-    with one scale per token instead (`kernels.attention_int8.quantize_int8_per_token`: SageAttention's recipe for the score product;
-    "ivp" adds E4M3 values and probabilities). A mask (not in the streaming steady state) keeps the exact
-    attention, as the FP8 kernels this stands for take none."""
+    with one scale per token instead (`kernels.attention_int8.quantize_int8_per_token`, SageAttention's recipe
+    for the score product; "ivp" adds E4M3 values and probabilities). A mask (not in the streaming steady state)
+    keeps the exact attention, as the FP8 kernels this stands for take none."""
     if attn_mask is not None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
     if set(operands) == set("qkvp"):

@@ -299,3 +299,10 @@ def set_attention_kernel_(model: nn.Module, kernel: str) -> int:
     for attn in blocks:
         attn.attention_kernel = kernel
     return len(blocks)
+
+
+def attention_kernels_of(model) -> list[str] | None:
+    """The kernels a model's softmax blocks attend with (ATTENTION_KERNELS, sorted), for records; None for a model
+    without such blocks (e.g. an engine backend's stand-in)."""
+    modules = model.modules() if isinstance(model, nn.Module) else ()
+    return sorted({m.attention_kernel for m in modules if isinstance(m, SoftmaxAttention)}) or None

@@ -76,6 +76,7 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
               decode: bool = True, device: str = "cuda", seed: int = 0, cuda_graphs: bool = True,
               compile: bool = False, profile: str | None = None, scope: str = "official",
               act_scales: str = "dynamic", calib_chunks: int = 2) -> dict:
+    from runtime.attention import attention_kernels_of
     from runtime.model import build_model
     from runtime.pipeline import latent_intrinsics
     from runtime.session import WorldSession
@@ -189,7 +190,7 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
         "torch": torch.__version__, "cuda_graphs": cuda_graphs and cuda, "compile": compile,
         "overlap_decode": overlap,
         "kernels": __import__("os").environ.get("SANA_WM_KERNELS", "auto"),
-        "softmax_attention": sorted({m.attention_kernel for m in net.modules() if hasattr(m, "attention_kernel")}),
+        "softmax_attention": attention_kernels_of(net),
     }
     if compile:   # what compile_blocks did, for the record (both have environment switches for A/Bs)
         from runtime.model import STACK_INPUT_PROJECTIONS

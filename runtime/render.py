@@ -104,14 +104,6 @@ def plan_from_sidecar(data: dict) -> WalkPlan:
     return WalkPlan(c2w, int(data["num_frames"]), actions=data.get("actions"), intrinsics=intr, image_hw=hw)
 
 
-def softmax_attention_kinds(model) -> list[str] | None:
-    """The kernels the model's softmax blocks attend with (runtime.attention.ATTENTION_KERNELS; None for a model
-    without such blocks, e.g. an engine backend's stand-in)."""
-    kinds = sorted({m.attention_kernel for m in model.modules() if hasattr(m, "attention_kernel")}) \
-        if hasattr(model, "modules") else []
-    return kinds or None
-
-
 def render_walk(gen, image, prompt: str, plan: WalkPlan, out: Path, *, seed: int, image_ref: str | None,
                 model_name: str, progress: bool = True, refine=None) -> dict:
     """Generate the walk chunk by chunk into `out` (MP4) and its sidecar; returns the sidecar dict.
@@ -121,6 +113,7 @@ def render_walk(gen, image, prompt: str, plan: WalkPlan, out: Path, *, seed: int
     """
     from tqdm import tqdm
 
+    from runtime.attention import attention_kernels_of
     from runtime.pipeline import open_session
     from runtime.video import Mp4Writer
 
@@ -132,7 +125,7 @@ def render_walk(gen, image, prompt: str, plan: WalkPlan, out: Path, *, seed: int
     sidecar = {
         "kind": "sana-wm-walk", "version": SIDECAR_VERSION, "model": model_name, "weights": gen.source,
         "fast_path": gen.fast.to_dict() if hasattr(gen, "fast") else None,
-        "softmax_attention": softmax_attention_kinds(gen.model),
+        "softmax_attention": attention_kernels_of(gen.model),
         "config": cfg.name, "seed": seed, "prompt": prompt, "image": image_ref,
         "image_sha256": _file_digest(image_ref), "actions": plan.actions,
         "num_frames": plan.num_frames, "fps": cfg.fps, "timesteps": list(session.timesteps),
