@@ -39,7 +39,7 @@ E4M3_MAX = 448.0
 P_SCALE = E4M3_MAX
 """Probabilities in (0, 1] times 448 fill E4M3's range before the value product."""
 INT8_K_STEP = 32
-"""The head dim is zero-padded to a multiple of this (the INT8 MMA's reduction step)."""
+"""The INT8 MMA's reduction step: the head dim is zero-padded to a power of two of at least this."""
 KEY_ALIGN = 16
 """The transposed values' key count is padded to a multiple of this (16-byte rows for E4M3)."""
 
