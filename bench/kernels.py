@@ -426,11 +426,11 @@ def _attention_int8_case(config=None, quantize: bool = False):
     key_block = config.block_n if config and config.tile_scales else 1      # k scaled per key tile by such launches
     values = quantize_v_fp8_transposed(v, dp) if config is None or config.v_fp8 else (v, torch.ones((), device=DEVICE))
     ops = (*quantize_int8_per_token(q, dp), *quantize_int8_per_token(k, dp, key_block), *values)
-    drop_in = torch.compile(lambda q, k, v: attention_int8(q, k, v, scale), dynamic=False)
+    drop_in = torch.compile(lambda q, k, v: attention_int8(q, k, v, scale), dynamic=False) if quantize else None
 
     def run(impl):
         if impl == "triton":
-            if quantize:
+            if drop_in is not None:
                 return drop_in(q, k, v)
             return attention_int8_triton(*ops, scale, D, torch.bfloat16, config=config, key_block=key_block)
         with sdpa_kernel(SDPBackend.MATH):

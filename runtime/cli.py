@@ -124,11 +124,12 @@ def cmd_render(args) -> int:
                          fast=fast if args.backend == "torch" else None)
     gen = _engine_backend(gen, args)
     logged_attention = log.get("softmax_attention") if args.replay else None
-    if logged_attention and len(logged_attention) == 1 and hasattr(gen.model, "modules"):
+    if logged_attention and len(logged_attention) == 1:
         # the same attention arithmetic as the logged render (SANA_WM_ATTENTION at the time), for an exact replay
-        from runtime.attention import set_attention_kernel_
+        from runtime.attention import attention_kernels_of, set_attention_kernel_
 
-        set_attention_kernel_(gen.model, logged_attention[0])
+        if attention_kernels_of(gen.model):   # a torch model with softmax blocks (not an engine's stand-in)
+            set_attention_kernel_(gen.model, logged_attention[0])
     prompt = prompt if prompt is not None else DEFAULT_PROMPT
     sidecar = render_walk(gen, image, prompt, plan, out,
                           seed=0 if seed is None else seed, image_ref=image, model_name=model or "tiny-world",
