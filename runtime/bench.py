@@ -235,7 +235,27 @@ def profile_chunks(new_session, step, path: str, chunks: int = 2) -> None:
     shapes = prof.key_averages(group_by_input_shape=True).table(sort_by="self_cuda_time_total", row_limit=60,
                                                                 max_name_column_width=40, max_shapes_column_width=90)
     Path(path).write_text(f"torch.profiler over {chunks} chunks (times are totals over them)\n{table}\n\n"
-                          f"By input shapes (self CUDA time)\n{shapes}\n")
+                          f"By input shapes (self CUDA time)\n{shapes}\n\n"
+                          f"Every GPU kernel, per chunk\n{kernel_table(prof.events(), chunks)}\n")
+
+
+def kernel_table(events, chunks: int) -> str:
+    """Every GPU kernel the profiler saw, with its full name: ms and launches per chunk, us per launch, sorted by
+    time (the op tables above cut names and rows; the fused inductor kernels are only told apart here)."""
+    from torch.autograd import DeviceType
+
+    totals: dict[str, list[float]] = {}
+    for e in events:
+        if e.device_type == DeviceType.CUDA:
+            t = totals.setdefault(e.name, [0.0, 0])
+            t[0] += e.time_range.elapsed_us()
+            t[1] += 1
+    busy_us = sum(t for t, _ in totals.values())
+    lines = [f"{busy_us / chunks / 1e3:.2f} ms of kernels per chunk, {sum(n for _, n in totals.values()) / chunks:.0f} "
+             f"launches per chunk", f"{'ms/chunk':>9} {'launches':>8} {'us each':>8}  kernel"]
+    for name, (us, n) in sorted(totals.items(), key=lambda kv: -kv[1][0]):
+        lines.append(f"{us / chunks / 1e3:9.3f} {n / chunks:8.1f} {us / n:8.1f}  {name}")
+    return "\n".join(lines)
 
 
 def _bench_autoencoder(cfg, dev, dtype):

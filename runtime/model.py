@@ -192,6 +192,20 @@ BLOCK_RECOMPILE_LIMIT = 64
 STACK_INPUT_PROJECTIONS = os.environ.get("SANA_WM_STACK_INPUTS", "1") != "0"
 
 
+def apply_inductor_options_(spec: str) -> None:
+    """Set inductor options named in `spec`, e.g. "combo_kernels=1,max_fusion_size=128" (from SANA_WM_INDUCTOR:
+    options without an environment variable of their own, to time on the GPU without editing code). Values are
+    ints, with 0/1 for booleans; an unknown option is an error, not a silent no-op."""
+    import torch._inductor.config as inductor_config
+
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not hasattr(inductor_config, key):
+            raise ValueError(f"SANA_WM_INDUCTOR: {item!r} is not option=value with a known inductor option")
+        current = getattr(inductor_config, key)
+        setattr(inductor_config, key, bool(int(value)) if isinstance(current, bool) else int(value))
+
+
 def compile_blocks(model: SanaWorldModel, backend="inductor") -> SanaWorldModel:
     """torch.compile each block (fuses the many small elementwise ops of norms, RoPE, UCPE, gates and the
     temporal convs), after storing the FFN temporal and depthwise convs' weights tap by tap
@@ -204,6 +218,7 @@ def compile_blocks(model: SanaWorldModel, backend="inductor") -> SanaWorldModel:
 
     name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"  # older torch
     setattr(dynamo_config, name, max(getattr(dynamo_config, name), BLOCK_RECOMPILE_LIMIT))
+    apply_inductor_options_(os.environ.get("SANA_WM_INDUCTOR", ""))
     for blk in model.blocks:
         if isinstance(blk.mlp.t_conv, nn.Conv2d):     # (quantized temporal convs keep their own GEMM)
             store_tap_major_(blk.mlp.t_conv)

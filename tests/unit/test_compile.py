@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from runtime.camera import actions_to_c2w
-from runtime.model import build_model, compile_blocks
+from runtime.model import apply_inductor_options_, build_model, compile_blocks
 from runtime.session import WorldSession
 from tests.model_inputs import intrinsics_latent
 
@@ -112,3 +112,17 @@ def test_inductor_writes_the_softmax_cache_in_place(fresh_dynamo):
     assert all(torch.allclose(b.packed, w, rtol=1e-4, atol=1e-4) for b, w in zip(kv, want_kv))
     full = re.escape(f"empty_strided_cpu({tuple(kv[0].packed.shape)}")
     assert not any(re.search(full, src) for src in code), "a compiled block allocates a whole K/V cache buffer"
+
+
+def test_inductor_options_from_the_environment_string(monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "combo_kernels", False)
+    monkeypatch.setattr(inductor_config, "max_fusion_size", 64)
+    apply_inductor_options_(" combo_kernels=1, max_fusion_size=128,")
+    assert inductor_config.combo_kernels is True and inductor_config.max_fusion_size == 128
+    apply_inductor_options_("")
+    assert inductor_config.max_fusion_size == 128
+    for bad in ("no_such_option=1", "combo_kernels"):
+        with pytest.raises(ValueError, match="SANA_WM_INDUCTOR"):
+            apply_inductor_options_(bad)
