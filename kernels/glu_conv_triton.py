@@ -32,15 +32,10 @@ __all__ = ["CONFIG", "CONFIG_CHOICES", "depthwise_glu_triton"]
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
-ROWS_KINDS = {"rows": 1, "rows_gather": 1, "rows_gather_ahead2": 1, "rows_gather_ahead3": 1,
-              "rows_gatherpipe4": 4, "rows_gatherpipe6": 6}
+ROWS_KINDS = {"rows": 1, "rows_gather": 1, "rows_gatherpipe4": 4, "rows_gatherpipe6": 6}
 """The rows kernel's launch kinds: three loads per row; one load per row and its shifted copies gathered, the next
-row prefetched by hand (or the next 2 / 3 rows: "_ahead2" / "_ahead3"); the same with Triton's pipeliner keeping 3
-or 5 rows in flight (asynchronous copies into shared memory; value: the loop's stages)."""
-PREFETCH_ROWS = {"rows_gather_ahead2": 2, "rows_gather_ahead3": 3}
-"""Rows the gather kind loads ahead of their use by hand (1 when not named here). A program holds only a few KB of
-one row in flight, and round 30's profile put the kernel at ~0.9 TB/s, what that many bytes in flight per SM allow
-at HBM latency: loading more rows ahead (a few registers each) raises the bytes in flight."""
+row prefetched by hand; the same with Triton's pipeliner keeping 3 or 5 rows in flight (asynchronous copies into
+shared memory; value: the loop's stages)."""
 TILES_KINDS = {"tiles": 1, "tiles_rowloop": 1, "tiles_rowpipe": 3}
 """The tiles kernel's launch kinds: nine taps unrolled; the tap rows as a loop; the same loop software-pipelined
 (value: the loop's pipeline stages)."""
@@ -51,7 +46,9 @@ False a `silu_input` call first runs a separate SiLU pass). H200, round 27 (2026
 shape: rows_gather 22 rows x 16 channels x 8 warps with SiLU inside, 0.112 ms, against 0.139 ms for the former
 default (tiles 32 x 64 x 4 and a separate SiLU pass; round 24 had taken the generator from 154.8 to 144.5 ms per
 chunk with it); FP8 static generator 144.8 -> 140.5 ms per chunk (round 27b, official+tconv scope).
-`bench.kernels --only depthwise_glu_sweep` times every choice."""
+`bench.kernels --only depthwise_glu_sweep` times every choice. Tried and removed (session 14, round 32): loading 2 or
+3 input rows ahead by hand (more bytes in flight per SM), 0.114 ms at 22 x 16 x 8: the kernel is not limited by its
+loads' latency."""
 if os.environ.get("SANA_WM_GLU_CONFIG"):   # e.g. "rows,22,16,4,1": a launch choice to time without editing CONFIG
     _kind, *_ints = os.environ["SANA_WM_GLU_CONFIG"].split(",")
     CONFIG = (_kind, *(int(v) for v in _ints[:3]), _ints[3] == "1")
@@ -70,10 +67,6 @@ CONFIG_CHOICES = tuple((*shape, inside) for inside in (False, True) for shape in
     # spills on sm_90 (8 warps x 16 channels: ~119 registers, 2 programs per SM; 16 warps x 32 channels: ~119, one
     # program), with 1, 3 or 5 rows in flight (6 stages: ~40 KB of loads in flight per SM at either shape)
     (*shape, True) for shape in (("rows_gather", 22, 16, 8), ("rows_gather", 11, 16, 8), ("rows_gather", 11, 32, 16),
-                                 # session 14: 2 or 3 rows loaded ahead by hand
-                                 ("rows_gather_ahead2", 22, 16, 8), ("rows_gather_ahead3", 22, 16, 8),
-                                 ("rows_gather_ahead2", 22, 32, 8), ("rows_gather_ahead3", 22, 32, 8),
-                                 ("rows_gather_ahead2", 22, 16, 4), ("rows_gather_ahead3", 22, 16, 4),
                                  ("rows_gatherpipe4", 22, 16, 8), ("rows_gatherpipe4", 11, 16, 8),
                                  ("rows_gatherpipe4", 11, 32, 16), ("rows_gatherpipe6", 22, 16, 8),
                                  ("rows_gatherpipe6", 22, 32, 16), ("rows_gatherpipe6", 11, 32, 16)))
@@ -202,7 +195,6 @@ def _depthwise_glu_rows_kernel(
     s_wc, s_wr, s_ws,
     HAS_BIAS: tl.constexpr, SILU_IN: tl.constexpr, OUT_FP8: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr, ROW_STAGES: tl.constexpr,
-    PREFETCH: tl.constexpr,
 ):
     pid_c, n, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -235,12 +227,8 @@ def _depthwise_glu_rows_kernel(
         idx_r = tl.broadcast_to(tl.minimum(j + 1, BLOCK_W - 1)[:, None], [BLOCK_W, BLOCK_C])
         keep_l = (j >= 1)[:, None]
         keep_r = (j + 1 < W)[:, None]
-        if ROW_STAGES == 1:   # rows r0 - 1 .. r0 + PREFETCH - 2 in flight before the loop
+        if ROW_STAGES == 1:
             pre_a, pre_g = _raw_row(a_base, r0 - 1, s_ah, s_aw, j, c, H, W, M, c_ok, True)
-            if PREFETCH >= 2:
-                pre2_a, pre2_g = _raw_row(a_base, r0, s_ah, s_aw, j, c, H, W, M, c_ok, True)
-            if PREFETCH >= 3:
-                pre3_a, pre3_g = _raw_row(a_base, r0 + 1, s_ah, s_aw, j, c, H, W, M, c_ok, 2 < ROWS + 2)
     for k in tl.range(ROWS + 2, num_stages=ROW_STAGES):
         r = r0 - 1 + k
         if GATHER:
@@ -249,15 +237,7 @@ def _depthwise_glu_rows_kernel(
             # shifted copies come from registers / shared memory.
             if ROW_STAGES == 1:
                 raw_a, raw_g = pre_a, pre_g
-                if PREFETCH == 1:
-                    pre_a, pre_g = _raw_row(a_base, r + 1, s_ah, s_aw, j, c, H, W, M, c_ok, k + 1 < ROWS + 2)
-                elif PREFETCH == 2:
-                    pre_a, pre_g = pre2_a, pre2_g
-                    pre2_a, pre2_g = _raw_row(a_base, r + 2, s_ah, s_aw, j, c, H, W, M, c_ok, k + 2 < ROWS + 2)
-                else:
-                    pre_a, pre_g = pre2_a, pre2_g
-                    pre2_a, pre2_g = pre3_a, pre3_g
-                    pre3_a, pre3_g = _raw_row(a_base, r + 3, s_ah, s_aw, j, c, H, W, M, c_ok, k + 3 < ROWS + 2)
+                pre_a, pre_g = _raw_row(a_base, r + 1, s_ah, s_aw, j, c, H, W, M, c_ok, k + 1 < ROWS + 2)
             else:
                 raw_a, raw_g = _raw_row(a_base, r, s_ah, s_aw, j, c, H, W, M, c_ok, True)
             xa1 = _silu(raw_a.to(tl.float32), SILU_IN)
@@ -318,7 +298,7 @@ def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None, confi
         grid = (triton.cdiv(M, block_c), N, triton.cdiv(H, size))
         _depthwise_glu_rows_kernel[grid](act, weight, b, out, scale, H, W, M, *strides, ROWS=size,
                                          BLOCK_W=max(2, triton.next_power_of_2(W)), GATHER=kind != "rows",
-                                         ROW_STAGES=ROWS_KINDS[kind], PREFETCH=PREFETCH_ROWS.get(kind, 1), **common)
+                                         ROW_STAGES=ROWS_KINDS[kind], **common)
     else:
         raise ValueError(f"depthwise_glu_triton: unknown launch kind {kind!r}")
     return out

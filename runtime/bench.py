@@ -246,7 +246,8 @@ def kernel_table(events, chunks: int) -> str:
 
     totals: dict[str, list[float]] = {}
     for e in events:
-        if e.device_type == DeviceType.CUDA:
+        # ("## Call CompiledFxGraph ... ##" rows are inductor's annotations spanning a graph's kernels, not kernels)
+        if e.device_type == DeviceType.CUDA and not e.name.startswith("## "):
             t = totals.setdefault(e.name, [0.0, 0])
             t[0] += e.time_range.elapsed_us()
             t[1] += 1

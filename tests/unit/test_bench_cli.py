@@ -51,3 +51,22 @@ def test_bench_without_cuda_says_so(capsys):
     assert main(["bench"]) == 2
     err = capsys.readouterr().err
     assert "no CUDA GPU here" in err and "--device cpu" in err
+
+
+def test_kernel_table_sums_kernels_per_chunk_and_skips_graph_annotations():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from runtime.bench import kernel_table
+
+    def event(name, us, device=DeviceType.CUDA):
+        return SimpleNamespace(name=name, device_type=device, time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    events = [event("gemm", 300.0), event("gemm", 500.0), event("norm", 40.0), event("norm", 60.0),
+              event("## Call CompiledFxGraph abc ##", 5000.0), event("aten::mm", 900.0, DeviceType.CPU)]
+    lines = kernel_table(events, chunks=2).splitlines()
+    assert lines[0] == "0.45 ms of kernels per chunk, 2 launches per chunk"
+    assert lines[2].split() == ["0.400", "1.0", "400.0", "gemm"]
+    assert lines[3].split() == ["0.050", "1.0", "50.0", "norm"]
+    assert len(lines) == 4

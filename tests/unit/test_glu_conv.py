@@ -59,14 +59,12 @@ TILES, ROWS_2, ROWS_ALL = ("tiles", 16, 16, 4, True), ("rows", 2, 16, 4, True), 
 ROW_LOOP, ROW_PIPE = ("tiles_rowloop", 16, 16, 4, True), ("tiles_rowpipe", 16, 16, 4, True)
 GATHER_2, GATHER_ALL = ("rows_gather", 2, 16, 4, True), ("rows_gather", 16, 8, 2, True)
 GATHER_PIPE = ("rows_gatherpipe4", 3, 16, 4, True)
-AHEAD_2, AHEAD_3 = ("rows_gather_ahead2", 2, 16, 4, True), ("rows_gather_ahead3", 3, 8, 2, True)
 CASES = [(SHAPES[0], TILES, True), (SHAPES[0], ROWS_2, False), (SHAPES[1], ROWS_ALL, True),
          (SHAPES[1], TILES, False), (SHAPES[2], ROWS_2, True), (SHAPES[3], ROWS_2, True),
          (SHAPES[3], TILES, True), (SHAPES[4], ROWS_ALL, False), (SHAPES[4], TILES, True),
          (SHAPES[0], ROW_LOOP, False), (SHAPES[2], ROW_LOOP, True), (SHAPES[1], ROW_PIPE, True),
          (SHAPES[0], GATHER_2, True), (SHAPES[3], GATHER_2, False), (SHAPES[4], GATHER_ALL, True),
-         (SHAPES[0], GATHER_PIPE, False), (SHAPES[1], GATHER_PIPE, True), (SHAPES[0], AHEAD_2, True),
-         (SHAPES[4], AHEAD_2, False), (SHAPES[1], AHEAD_3, True), (SHAPES[3], AHEAD_3, False)]
+         (SHAPES[0], GATHER_PIPE, False), (SHAPES[1], GATHER_PIPE, True)]
 
 
 @needs_triton
