@@ -27,8 +27,11 @@ from runtime.stacked_linear import StackedLinears
 ATTENTION_KERNELS = ("sdpa", "int8", "int8_bf16v")
 """How the softmax blocks' self-attention runs: "sdpa" (bf16 F.scaled_dot_product_attention, as the official
 model), "int8" (INT8 scores, E4M3 values and probabilities, kernels.attention_int8) or "int8_bf16v" (INT8 scores,
-the value product in bf16 from the cached values as they are). Both INT8 kinds are experiments, not yet timed on a
-GPU; their quality on the shipped model is in docs/quantization.md. Default from SANA_WM_ATTENTION."""
+the value product in bf16 from the cached values as they are). Both INT8 kinds are opt-in: on the H200 (round 29) the kernel
+is no faster than cuDNN's bf16 attention even before the per-call quantization, and the FP8 generator with it is
+~10 ms per chunk slower; they are kept for GPUs whose INT8 tensor rate is relatively higher (consumer cards run bf16
+products with fp32 accumulation at half rate). Quality on the shipped model: docs/quantization.md. Default from
+SANA_WM_ATTENTION."""
 DEFAULT_ATTENTION_KERNEL = os.environ.get("SANA_WM_ATTENTION", "sdpa")
 if DEFAULT_ATTENTION_KERNEL not in ATTENTION_KERNELS:
     raise ValueError(f"SANA_WM_ATTENTION: expected one of {', '.join(ATTENTION_KERNELS)}, got "
