@@ -252,8 +252,9 @@ def kernel_table(events, chunks: int) -> str:
             t[0] += e.time_range.elapsed_us()
             t[1] += 1
     busy_us = sum(t for t, _ in totals.values())
-    lines = [f"{busy_us / chunks / 1e3:.2f} ms of kernels per chunk, {sum(n for _, n in totals.values()) / chunks:.0f} "
-             f"launches per chunk", f"{'ms/chunk':>9} {'launches':>8} {'us each':>8}  kernel"]
+    launches = sum(n for _, n in totals.values())
+    lines = [f"{busy_us / chunks / 1e3:.2f} ms of kernels per chunk, {launches / chunks:.0f} launches per chunk",
+             f"{'ms/chunk':>9} {'launches':>8} {'us each':>8}  kernel"]
     for name, (us, n) in sorted(totals.items(), key=lambda kv: -kv[1][0]):
         lines.append(f"{us / chunks / 1e3:9.3f} {n / chunks:8.1f} {us / n:8.1f}  {name}")
     return "\n".join(lines)

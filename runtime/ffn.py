@@ -65,6 +65,11 @@ class GLUMBConvTemp(nn.Module):
             if cache_out is not None:   # after the GEMMs: the cache may hand the same buffer as left_frame
                 cache_out.copy_(y[:, -1])
             return out
+        if getattr(self.t_conv, "tap_weights", None) is not None:   # FP8, one GEMM per tap (compile_blocks)
+            out = self.t_conv.mix_by_taps(y, chunks, left_frame)
+            if cache_out is not None:
+                cache_out.copy_(y[:, -1])
+            return out
         zero = y.new_zeros(B, 1, S, C)
         prev = torch.cat([zero if left_frame is None else left_frame[:, None].to(y.dtype), y[:, :-1]], dim=1)
         nxt = torch.cat([y[:, 1:], zero], dim=1)

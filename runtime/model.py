@@ -209,7 +209,8 @@ def apply_inductor_options_(spec: str) -> None:
 def compile_blocks(model: SanaWorldModel, backend="inductor") -> SanaWorldModel:
     """torch.compile each block (fuses the many small elementwise ops of norms, RoPE, UCPE, gates and the
     temporal convs), after storing the FFN temporal and depthwise convs' weights tap by tap
-    (`ffn.store_tap_major_`, `ffn.store_depthwise_tap_major_`), the camera q/k/v projections' weights as one
+    (`ffn.store_tap_major_`, `ffn.store_depthwise_tap_major_`; an FP8 temporal conv with a static input scale:
+    `FP8TemporalConv.store_tap_weights_`), the camera q/k/v projections' weights as one
     matrix (`CameraAttention.fuse_camera_projections_`) and the projections of each attention block's input as
     one GEMM (`CameraAttention.stack_input_projections_`; FP8 input scales must be calibrated before). Shapes are
     static per chunk kind, so each block kind compiles a few times at most and a steady-state chunk compiles
@@ -220,8 +221,10 @@ def compile_blocks(model: SanaWorldModel, backend="inductor") -> SanaWorldModel:
     setattr(dynamo_config, name, max(getattr(dynamo_config, name), BLOCK_RECOMPILE_LIMIT))
     apply_inductor_options_(os.environ.get("SANA_WM_INDUCTOR", ""))
     for blk in model.blocks:
-        if isinstance(blk.mlp.t_conv, nn.Conv2d):     # (quantized temporal convs keep their own GEMM)
+        if isinstance(blk.mlp.t_conv, nn.Conv2d):
             store_tap_major_(blk.mlp.t_conv)
+        elif hasattr(blk.mlp.t_conv, "store_tap_weights_"):   # FP8 with a static input scale: a GEMM per tap
+            blk.mlp.t_conv.store_tap_weights_()
         store_depthwise_tap_major_(blk.mlp.depth_conv.conv)
         blk.attn.fuse_camera_projections_()
         if STACK_INPUT_PROJECTIONS:

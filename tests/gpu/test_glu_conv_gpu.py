@@ -96,3 +96,33 @@ def test_ffn_with_prequantized_fp8_point_conv_input(monkeypatch):
         monkeypatch.setattr(FP8Linear, "static_input_scale", property(lambda self: None))
         unfused = ffn(x, (h, w), chunks)
     assert rel_err(fused, unfused) < 0.03 and rel_err(compiled, fused) < 0.03
+
+
+def test_fp8_temporal_conv_by_taps_full_width():
+    """The FFN's FP8 temporal conv (official+tconv scope, static input scale) at the full model's width on CUDA:
+    one _scaled_mm per tap over frame-shifted rows (store_tap_weights_, as compile_blocks stores them) against the
+    one GEMM over interleaved taps, eagerly and compiled: the same E4M3 codes, so they differ only by the bf16
+    roundings of the three tap outputs summed (~3e-3 on the CPU at a small width: a bound of two roundings)."""
+    from quant import quantize
+    from quant.calibrate import calibrate_fp8_inputs
+    from runtime.ffn import GLUMBConvTemp
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need compute capability >= 8.9")
+    torch.manual_seed(0)
+    C, S = 2240, 880
+    ffn = GLUMBConvTemp(C, 6720).cuda()
+    torch.nn.init.normal_(ffn.t_conv.weight, std=(3 * C) ** -0.5)
+    ffn = ffn.to(torch.bfloat16)
+    quantize(ffn, {"format": "fp8", "include": ["t_conv"]})
+    y = torch.randn(1, 3, S, C, device="cuda").to(torch.bfloat16)
+    left = torch.randn(1, S, C, device="cuda").to(torch.bfloat16)
+    chunks = ((0, 3),)
+    with torch.no_grad():
+        calibrate_fp8_inputs(ffn, lambda: ffn.temporal_mix(y, chunks, left, None))
+        interleaved = ffn.temporal_mix(y, chunks, left, None)
+        assert ffn.t_conv.store_tap_weights_()
+        by_taps = ffn.temporal_mix(y, chunks, left, None)
+        compiled = torch.compile(lambda t: ffn.temporal_mix(t, chunks, left, None), fullgraph=True)(y)
+    assert rel_err(by_taps, interleaved) < 2 * BF16_ONE_ROUNDING
+    assert rel_err(compiled, by_taps) < 2 * BF16_ONE_ROUNDING

@@ -588,6 +588,44 @@ def test_official_tconv_scope_adds_only_the_temporal_convs():
     assert isinstance(model.blocks[0].mlp.t_conv, FP8TemporalConv)
 
 
+def test_fp8_temporal_conv_by_taps_equals_the_interleaved_gemm():
+    """With a static input scale, `store_tap_weights_` (compile_blocks) lets the FFN run its FP8 temporal conv as
+    one GEMM per tap over frame-shifted rows of the input quantized once: the same E4M3 codes and products as the
+    one GEMM over interleaved taps, so the same result (to fp32 summation order), with the chunk ends, the left
+    frame (or zeros) and the cache hand-off of runtime.ffn.GLUMBConvTemp.temporal_mix; the checkpoint layout is
+    unchanged."""
+    from runtime.ffn import GLUMBConvTemp
+
+    torch.manual_seed(0)
+    B, T, S, C = 2, 7, 5, 16
+    ffn = GLUMBConvTemp(C, 8)
+    nn.init.normal_(ffn.t_conv.weight, std=0.2)
+    tconv = FP8TemporalConv.from_float(ffn.t_conv).configure(ffn.t_conv)
+    ffn.t_conv = tconv
+    assert not tconv.store_tap_weights_() and getattr(tconv, "tap_weights", None) is None   # no static scale yet
+    del tconv.input_scale
+    tconv.register_buffer("input_scale", torch.tensor(4.0 / 448))
+    y, left = torch.randn(B, T, S, C), torch.randn(B, S, C)
+    chunks = ((0, 4), (4, 7))
+    want, want_cache = ffn.temporal_mix(y, chunks, left, torch.empty(B, S, C)), torch.empty(B, S, C)
+    want_no_left = ffn.temporal_mix(y[:, :3], ((0, 3),), None, None)
+    ffn.temporal_mix(y, chunks, left, want_cache)
+
+    state = {k: v.clone() for k, v in tconv.state_dict().items()}
+    assert tconv.store_tap_weights_()
+    codes = tconv.weight.view(torch.uint8).view(C, C, 3)
+    assert all(torch.equal(tconv.tap_weights[k].view(torch.uint8), codes[:, :, k]) for k in range(3))
+    assert state.keys() == tconv.state_dict().keys()                          # not part of the checkpoint
+    got_cache = torch.empty(B, S, C)
+    got = ffn.temporal_mix(y, chunks, left, got_cache)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5) and torch.equal(got_cache, want_cache)
+    assert torch.allclose(ffn.temporal_mix(y[:, :3], ((0, 3),), None, None), want_no_left, rtol=1e-5, atol=1e-5)
+    assert got[:, 3].abs().sum() > 0 and not torch.allclose(got, ffn.temporal_mix(y, ((0, 7),), left, None))
+
+    blocks = FP8TemporalConv.from_float(nn.Conv2d(C, C, (3, 1), padding=(1, 0), bias=False), block_size=8)
+    assert not blocks.store_tap_weights_()                                   # block scales: the interleaved GEMM
+
+
 @pytest.mark.parametrize("fmt", ["nvfp4", "fp8_block"])  # weight-only formats: the decoded model is exact
 def test_compact_scope_quantizes_camera_and_temporal_conv(fmt):
     """The compact scope also quantizes the camera / Plucker projections and the FFN's (3, 1) temporal conv, and
