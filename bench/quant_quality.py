@@ -6,7 +6,7 @@ The tiny-world model is loaded in bf16, walks a fixed key path from the shipped 
 is quantized with the project's policy (`quant.quantize`, official scope, then the compact scope that also takes
 the camera / Plucker projections and the FFN temporal conv) and walks the same path with the same seed; FP8 also
 with static activation scales (max calibration on another walk, `fp8_static`; over the official+tconv scope
-`fp8_static_tconv`), and with FP8 attention in the softmax
+`fp8_static_tconv`, with the layouts `compile_blocks` stores: `_stacked`, `_stacked_by_taps`), and with FP8 attention in the softmax
 blocks (`attn_fp8` on the bf16 model, `attn_fp8_<operand>_only` rounding one of q, k, v, p, `fp8_static_attn_fp8`
 on top of the static FP8 linears; `attn_int8qk_fp8pv` / `fp8_static_attn_int8qk_fp8pv` with INT8 per-token q and k;
 `attn_int8_kernel` / `attn_int8_bf16v_kernel` and their `fp8_static_` pairs: the INT8 attention as the softmax
@@ -88,6 +88,13 @@ def run(chunks: int = 3, seed: int = 0) -> dict:
         blk.attn.stack_input_projections_()
     frames = walk_frames(replace(base, model=net), WALK, chunks, seed)
     results["fp8_static_tconv_stacked"] = frame_psnr(frames, ref) | {"quantized_linears": len(quantized_modules(net))}
+    # ... and the FFN temporal conv as one FP8 GEMM per tap (FP8TemporalConv.store_tap_weights_): all that
+    # compile_blocks changes in an FP8 static official+tconv model (each tap's output takes a bf16 rounding).
+    for blk in net.blocks:
+        blk.mlp.t_conv.store_tap_weights_()
+    frames = walk_frames(replace(base, model=net), WALK, chunks, seed)
+    results["fp8_static_tconv_stacked_by_taps"] = frame_psnr(frames, ref) | {
+        "quantized_linears": len(quantized_modules(net))}
     # FP8 attention in the softmax blocks (E4M3 q, k, v and probabilities, `quant.enable_fp8_attention_`, emulated):
     # on the bf16 model with every operand rounded, then each operand alone (which rounding costs the quality),
     # then on top of the FP8 static linears.
