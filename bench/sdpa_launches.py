@@ -1,0 +1,87 @@
+"""How cuDNN runs the softmax blocks' attention: kernel launches and time per call, by operand layout.
+
+    python -m bench.sdpa_launches [--json OUT]      # needs CUDA
+
+Round 30's profile counted 5 cuDNN SDPA kernel launches per softmax block call (125 per chunk for 25 calls, 187 us
+each): one attention of both branches (main + camera, a batch of 2 x 20 heads, 2640 queries over 8800 keys, D = 112;
+in steady state the keys and values are the stream cache's whole packed buffer, contiguous). This times that call and
+other layouts of the same work (the batch folded into 40 heads, one branch alone, D padded to 128) and counts the
+kernels each launches, to see whether the launch split (and its tail waves) comes from the shape.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+import torch.nn.functional as F
+
+
+def _launches(fn) -> tuple[int, list[str]]:
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+             and not e.name.startswith("## ")]
+    return len(names), sorted(set(names))
+
+
+def _ms(fn, repeats: int = 30) -> float:
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def run(queries: int = 2640, keys: int = 8800, heads: int = 20, dim: int = 112) -> list[dict]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    gen = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(2, heads, queries, dim, device=dev, dtype=dt, generator=gen)
+    packed = torch.randn(4, heads, keys, dim, device=dev, dtype=dt, generator=gen)   # [K main, K cam, V main, V cam]
+    k, v = packed[0:2], packed[2:4]                                                   # as the cache hands them
+    scale = dim ** -0.5
+    cases = {
+        "batch 2 x 20 heads (the model's call)": (q, k, v),
+        "batch 1 x 40 heads": tuple(t.reshape(1, 2 * heads, *t.shape[2:]) for t in (q, k, v)),
+        "one branch: batch 1 x 20 heads": (q[:1], k[:1], v[:1]),
+        "batch 2 x 20 heads, D zero-padded to 128": tuple(F.pad(t, (0, 128 - dim)) for t in (q, k, v)),
+    }
+    rows = []
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        for name, (a, b, c) in cases.items():
+            def call(a=a, b=b, c=c):
+                return F.scaled_dot_product_attention(a, b, c, scale=scale)
+
+            n, kernels = _launches(call)
+            ms = _ms(call)
+            rows.append({"case": name, "ms": round(ms, 4), "launches": n, "kernels": kernels})
+            print(f"{ms:8.4f} ms  {n:3d} launches  {name}  ({', '.join(k[:60] for k in kernels)})")
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--json", help="write the rows here")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("bench.sdpa_launches: needs a CUDA GPU")
+        return 1
+    rows = run()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
