@@ -25,6 +25,9 @@ Rows (each Triton op against the same call with impl="reference", the fp32 PyTor
     layer_op16    layer_fcam16 as the model runs it now: one op (kernels.gdn_layer), branches on one stream
     layer_2s16    the same op with the camera branch on a second stream, concurrent with the main branch
     *_graph       the layer replayed from a CUDA graph (what the streaming loop runs)
+    ln_modulate   a block's adaLN input (residual add, LayerNorm, modulate, E4M3 codes; kernels.norm_modulate) at
+                  the chunk shape against the same expression compiled by inductor (the model's path now);
+                  ln_modulate_sweep rows time each launch choice
     depthwise_glu the FFN's depthwise 3x3 conv + GLU gate (kernels.glu_conv) of one chunk, bf16, against the
                   stock bf16 spelling it replaced (SiLU, cuDNN depthwise conv, gate), as the FFN calls it (the
                   input's SiLU included); depthwise_glu_sweep rows time each launch-config choice
@@ -342,6 +345,44 @@ def _depthwise_glu_case(config=None, silu_input=False):
     return run, 0.0, act.numel() * 2 + act.numel()   # read the 2M channels, write M (bf16)
 
 
+def _ln_modulate_case(residual: bool, config=None):
+    """A block's adaLN input at the full model's chunk shape (3 frames of 880 tokens, C = 2240, bf16): the
+    attention's (no residual; normed bf16 + E4M3 codes) or the FFN's (residual add; sum + codes). The "reference"
+    timed here is what the model runs now: the same PyTorch expression (x + residual, layer_norm, modulate, the
+    static E4M3 quantizer) compiled by inductor; the kernel is checked against it within the bf16 budget."""
+    from kernels.norm_modulate_triton import ln_modulate_triton
+    from quant.fp8 import quantize_fp8_per_tensor
+    from runtime.norms import layer_norm, modulate
+
+    B, T, S, C = 1, 3, 880, 2240
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    x = torch.randn(B, T, S, C, device=DEVICE, generator=g).to(torch.bfloat16)
+    res = torch.randn(B, T, S, C, device=DEVICE, generator=g).to(torch.bfloat16) if residual else None
+    mods = (torch.randn(B, T, 6, C, device=DEVICE, generator=g) * 0.3).to(torch.bfloat16)
+    shift, scale = mods[:, :, 0:1], mods[:, :, 1:2]                  # views of the block's modulation, as unbind
+    out_scale = torch.tensor(0.02, device=DEVICE)
+
+    def expression(x, res, shift, scale):
+        if res is not None:
+            x = x + res
+        y = modulate(layer_norm(x), shift, scale)
+        codes = quantize_fp8_per_tensor(y, out_scale)[0]
+        return (x, codes) if res is not None else (y, codes)
+
+    compiled = torch.compile(expression, dynamic=False)
+
+    def run(impl):
+        if impl == "triton":
+            summed, normed, codes = ln_modulate_triton(x, shift, scale, residual=res, out_scale=out_scale,
+                                                       want_normed=not residual, config=config)
+            return (summed if residual else normed), codes.float()
+        first, codes = compiled(x, res, shift, scale)
+        return first, codes.float()
+
+    n = x.numel()
+    return run, 0.0, n * 2 * (2 if residual else 1) + n * 2 + n      # read x (+ res); write bf16 + E4M3
+
+
 def _sdpa_case(backend: str, pad_to: int | None = None):
     """A softmax block's main attention in steady state: 2640 query tokens (3 frames) over 8800 keys (sink 4 +
     ring 3 + current 3 frames), 20 heads of 112, bf16, through one SDPA backend; pad_to zero-pads the head dim
@@ -441,9 +482,16 @@ def _attention_int8_case(config=None, quantize: bool = False):
 
 def build_cases(quick: bool) -> list[dict]:
     from kernels.glu_conv_triton import CONFIG_CHOICES
+    from kernels.norm_modulate_triton import CONFIG_CHOICES as LN_CHOICES
 
     cases = [{"op": "depthwise_glu", "shape": "3x22x40x13440+silu", "bf16": True,
               "make": lambda: _depthwise_glu_case(silu_input=True)}]
+    for residual in (False, True):
+        name = "ffn: residual + codes" if residual else "attention: normed + codes"
+        cases.append({"op": "ln_modulate", "shape": name, "bf16": True, "make": lambda r=residual: _ln_modulate_case(r)})
+        for cfg in LN_CHOICES:
+            cases.append({"op": "ln_modulate_sweep", "shape": f"{'ffn' if residual else 'attn'}-{cfg[0]}-{cfg[1]}",
+                          "bf16": True, "make": lambda r=residual, c=cfg: _ln_modulate_case(r, c)})
     for backend, pad in (("cudnn", None), ("cudnn", 128), ("flash", None), ("flash", 128), ("efficient", None)):
         cases.append({"op": "sdpa", "bf16": True, "shape": f"{backend} D={pad or D}",
                       "make": lambda b=backend, p=pad: _sdpa_case(b, p)})

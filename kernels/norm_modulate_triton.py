@@ -1,0 +1,92 @@
+"""Triton version of `kernels.norm_modulate.ln_modulate` (see there for the math and the reference).
+
+Grid: one program per ROWS consecutive tokens. A program loads its [ROWS, C] tile once (C padded to a power of two,
+masked), adds the residual and stores the sum, takes the mean and then the variance of the centred values (two
+reductions over registers, no Welford loop, no second pass over memory), modulates with its rows' frame
+shift / scale (S tokens per frame: a tile rarely spans two frames, the loads then hit the cache), and stores the
+normed values and / or their E4M3 codes.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from kernels.norm_modulate import _check
+
+__all__ = ["CONFIG", "ln_modulate_triton"]
+
+CONFIG = (2, 8)
+"""(rows per program, warps). Not yet timed (bench.kernels --only ln_modulate,ln_modulate_sweep)."""
+if os.environ.get("SANA_WM_LN_CONFIG"):   # e.g. "4,8": a launch choice to time without editing CONFIG
+    CONFIG = tuple(int(v) for v in os.environ["SANA_WM_LN_CONFIG"].split(","))
+CONFIG_CHOICES = ((1, 4), (1, 8), (2, 4), (2, 8), (4, 8), (4, 16), (8, 16))
+
+
+@triton.jit
+def _ln_modulate_kernel(
+    p_x, p_res, p_shift, p_scale, p_sum, p_normed, p_codes, p_out_scale,
+    R, S, C, T, eps,
+    s_shift_b, s_shift_t, s_scale_b, s_scale_t,
+    HAS_RES: tl.constexpr, WRITE_NORMED: tl.constexpr, WRITE_CODES: tl.constexpr,
+    ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    c = tl.arange(0, BLOCK_C)
+    row_ok = rows < R
+    c_ok = c < C
+    mask = row_ok[:, None] & c_ok[None, :]
+    offs = rows.to(tl.int64)[:, None] * C + c[None, :]
+    x = tl.load(p_x + offs, mask=mask, other=0.0)
+    if HAS_RES:
+        x = (x.to(tl.float32) + tl.load(p_res + offs, mask=mask, other=0.0).to(tl.float32)).to(
+            p_sum.dtype.element_ty)
+        tl.store(p_sum + offs, x, mask=mask)
+    x = x.to(tl.float32)
+    mean = tl.sum(x, axis=1) / C
+    d = tl.where(mask, x - mean[:, None], 0.0)
+    y = d * tl.rsqrt(tl.sum(d * d, axis=1) / C + eps)[:, None]
+    frame = rows // S                                    # b * T + t
+    b, t = frame // T, frame % T
+    mod_shift = (b.to(tl.int64) * s_shift_b + t.to(tl.int64) * s_shift_t)[:, None] + c[None, :]
+    mod_scale = (b.to(tl.int64) * s_scale_b + t.to(tl.int64) * s_scale_t)[:, None] + c[None, :]
+    y = y * (1.0 + tl.load(p_scale + mod_scale, mask=mask, other=0.0).to(tl.float32)) + tl.load(
+        p_shift + mod_shift, mask=mask, other=0.0).to(tl.float32)
+    if WRITE_NORMED:
+        tl.store(p_normed + offs, y.to(p_normed.dtype.element_ty), mask=mask)
+    if WRITE_CODES:
+        q = tl.clamp(y / tl.load(p_out_scale), -448.0, 448.0)
+        tl.store(p_codes + offs, q.to(p_codes.dtype.element_ty), mask=mask)
+
+
+def ln_modulate_triton(x: Tensor, shift: Tensor, scale: Tensor, *, residual: Tensor | None = None,
+                       eps: float = 1e-6, out_scale: Tensor | None = None, want_normed: bool = True,
+                       config: tuple | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    from kernels.prep_triton import _empty  # NaN-filled under the tests' nan_filled_buffers()
+
+    shift, scale = _check(x, shift, scale, residual, out_scale, want_normed)
+    B, T, S, C = x.shape
+    x = x.contiguous()
+    residual = None if residual is None else residual.contiguous()
+    if shift.stride(-1) != 1:
+        shift = shift.contiguous()
+    if scale.stride(-1) != 1:
+        scale = scale.contiguous()
+    rows, warps = config or CONFIG
+    summed = None if residual is None else _empty(x.shape, x.device, x.dtype)
+    normed = _empty(x.shape, x.device, x.dtype) if want_normed else None
+    codes = _empty(x.shape, x.device, torch.float8_e4m3fn) if out_scale is not None else None
+    unused = x                                          # a pointer the kernel never touches
+    R = B * T * S
+    _ln_modulate_kernel[(triton.cdiv(R, rows),)](
+        x, unused if residual is None else residual, shift, scale, unused if summed is None else summed,
+        unused if normed is None else normed, unused if codes is None else codes,
+        unused if out_scale is None else out_scale.reshape(()),
+        R, S, C, T, eps, shift.stride(0), shift.stride(1), scale.stride(0), scale.stride(1),
+        HAS_RES=residual is not None, WRITE_NORMED=want_normed, WRITE_CODES=out_scale is not None,
+        ROWS=rows, BLOCK_C=triton.next_power_of_2(C), num_warps=warps,
+    )
+    return summed, normed, codes
