@@ -71,14 +71,32 @@ def ln_modulate_reference(x: Tensor, shift: Tensor, scale: Tensor, *, residual: 
     return summed, normed, codes
 
 
+# A custom op, so that torch.compile keeps the kernel as one opaque call (outputs not asked for come back empty).
+@torch.library.custom_op("sana_wm::ln_modulate", mutates_args=())
+def _ln_modulate_op(x: Tensor, shift: Tensor, scale: Tensor, residual: Tensor | None, eps: float,
+                    out_scale: Tensor | None, want_normed: bool) -> tuple[Tensor, Tensor, Tensor]:
+    from kernels.norm_modulate_triton import ln_modulate_triton
+
+    summed, normed, codes = ln_modulate_triton(x, shift, scale, residual=residual, eps=eps, out_scale=out_scale,
+                                               want_normed=want_normed)
+    return (x.new_empty(0) if summed is None else summed, x.new_empty(0) if normed is None else normed,
+            x.new_empty(0, dtype=torch.float8_e4m3fn) if codes is None else codes)
+
+
+@_ln_modulate_op.register_fake
+def _(x, shift, scale, residual, eps, out_scale, want_normed):
+    return (x.new_empty(x.shape if residual is not None else (0,)), x.new_empty(x.shape if want_normed else (0,)),
+            x.new_empty(x.shape if out_scale is not None else (0,), dtype=torch.float8_e4m3fn))
+
+
 def ln_modulate(x: Tensor, shift: Tensor, scale: Tensor, *, residual: Tensor | None = None, eps: float = 1e-6,
                 out_scale: Tensor | None = None, want_normed: bool = True, impl: str = "auto"
                 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """`ln_modulate_reference` in one Triton kernel; impl: "auto" (Triton on CUDA), "triton" or "reference"."""
     if use_triton(x, impl):
-        from kernels.norm_modulate_triton import ln_modulate_triton
-
-        return ln_modulate_triton(x, shift, scale, residual=residual, eps=eps, out_scale=out_scale,
-                                  want_normed=want_normed)
+        _check(x, shift, scale, residual, out_scale, want_normed)
+        summed, normed, codes = _ln_modulate_op(x, shift, scale, residual, eps, out_scale, want_normed)
+        return (summed if residual is not None else None, normed if want_normed else None,
+                codes if out_scale is not None else None)
     return ln_modulate_reference(x, shift, scale, residual=residual, eps=eps, out_scale=out_scale,
                                  want_normed=want_normed)

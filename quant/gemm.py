@@ -524,7 +524,8 @@ def fp8_linear_scaled_mm(x: torch.Tensor, weight: torch.Tensor, weight_scale: to
 
 def fp8_linear_stacked(x: torch.Tensor, weight: torch.Tensor, weight_scales: list[torch.Tensor],
                        sizes: list[int], biases: list[torch.Tensor | None],
-                       input_scale: torch.Tensor | None = None) -> list[torch.Tensor]:
+                       input_scale: torch.Tensor | None = None, out_dtype: torch.dtype | None = None
+                       ) -> list[torch.Tensor]:
     """Per-tensor FP8 linears that read the same x (one shared static input_scale, or none: per-token scales) as
     one GEMM. weight: float8_e4m3fn [N, K], their weights stacked row-wise (sum(sizes) rows, then zero rows up to a
     multiple of 16); weight_scales: their fp32 scalar scales; biases: theirs (None where a layer has none).
@@ -534,16 +535,18 @@ def fp8_linear_stacked(x: torch.Tensor, weight: torch.Tensor, weight_scales: lis
     - static input_scale: per-tensor torch._scaled_mm at the first layer's weight scale; every other layer's
       output is multiplied by its scale ratio (and gets its bias) after, in fp32 (one more bf16 rounding than a
       separate call: within bf16 tolerance; under torch.compile the consumer's kernel absorbs it).
-    Off CUDA (or below sm_89) the same arithmetic runs in fp32 in place of torch._scaled_mm."""
+    An x in float8_e4m3fn is taken as already quantized with the static input_scale (then out_dtype says the
+    outputs' dtype). Off CUDA (or below sm_89) the same arithmetic runs in fp32 in place of torch._scaled_mm."""
     n_rows, k = weight.shape
     if sum(sizes) > n_rows or n_rows % 16 or k % 16:
         raise ValueError(f"fp8_linear_stacked: weight {tuple(weight.shape)} must hold sum(sizes) = {sum(sizes)} "
                          "rows padded to a multiple of 16, with K a multiple of 16")
-    out_dtype = x.dtype
+    prequantized = _prequantized(x, input_scale, None, out_dtype)
+    out_dtype = out_dtype or x.dtype
     if out_dtype not in (torch.bfloat16, torch.float16, torch.float32):
         raise TypeError(f"fp8_linear_stacked: x must be a float tensor, got {x.dtype}")
     x2 = x.reshape(-1, k)
-    xq, sx = _fp8_activations(x2, input_scale, prequantized=False)
+    xq, sx = _fp8_activations(x2, input_scale, prequantized)
     static = input_scale is not None
     scales = [s.float().reshape(()) for s in weight_scales]
     if static:
@@ -553,7 +556,7 @@ def fp8_linear_stacked(x: torch.Tensor, weight: torch.Tensor, weight_scales: lis
         w_scale = torch.cat([s.expand(n) for s, n in zip(scales, sizes)] + [scales[0].expand(pad)]).reshape(1, -1)
         bias = None
         if any(b is not None for b in biases):
-            zeros = x.new_zeros(n_rows)
+            zeros = x.new_zeros(n_rows, dtype=out_dtype)
             bias = torch.cat([zeros[:n] if b is None else b.to(out_dtype) for b, n in zip(biases, sizes)]
                              + [zeros[:pad]])
     if x2.is_cuda and out_dtype != torch.float32 and _capability(x2.device) >= (8, 9):

@@ -113,11 +113,20 @@ class CameraAttention(nn.Module):
         its frame mean instead)."""
         return [self.qkv, self.output_gate]
 
-    def input_projections(self, x: Tensor) -> list[Tensor]:
-        """[qkv(x), output_gate(x), ...] (see `_input_layers`): one GEMM when stacked."""
+    def input_projections(self, x: Tensor, codes: Tensor | None = None) -> list[Tensor]:
+        """[qkv(x), output_gate(x), ...] (see `_input_layers`): one GEMM when stacked. codes: x's E4M3 codes under
+        `prequantized_input_scale()` (kernels.norm_modulate), taken by the stacked FP8 GEMM as they are."""
         if self._input_stack is not None:
+            if codes is not None:
+                return self._input_stack(codes, out_dtype=x.dtype)
             return self._input_stack(x)
         return [m(x) for m in self._input_layers()]
+
+    def prequantized_input_scale(self) -> Tensor | None:
+        """The static scale under which `forward` takes its input already quantized (`codes`): the stacked FP8 input
+        projections' (compile_blocks stacks them after calibration), or None."""
+        stack = self._input_stack
+        return None if stack is None or stack.hooked() else stack.static_input_scale
 
     _gate_stack: StackedLinears | None = None
     """gate_proj alone with its FP8 weight stored padded to 32 rows (`stack_input_projections_`), or None."""
@@ -207,9 +216,10 @@ class GDNAttention(CameraAttention):
     def _input_layers(self) -> list[nn.Module]:
         return [self.qkv, self.output_gate, self.beta_proj]
 
-    def forward(self, x: Tensor, ctx: FrameContext, cache: GDNBlockCache | None = None) -> Tensor:
-        """x [B, T, S, C] (modulated block input) -> [B, T, S, C]."""
-        qkv, gate_logits, beta_logits = self.input_projections(x)
+    def forward(self, x: Tensor, ctx: FrameContext, cache: GDNBlockCache | None = None,
+                codes: Tensor | None = None) -> Tensor:
+        """x [B, T, S, C] (modulated block input) -> [B, T, S, C]; codes: x in E4M3 (`input_projections`)."""
+        qkv, gate_logits, beta_logits = self.input_projections(x, codes)
         q, k, v = qkv.chunk(3, dim=-1)
         write = cache is not None and ctx.write_cache
         k_conv = bidirectional_short_conv(k, self.conv_k.weight, ctx.chunks, causal_across_chunks=True,
@@ -252,9 +262,10 @@ class SoftmaxAttention(CameraAttention):
         self.main_scale = 1.0 / math.sqrt(cfg.main_softmax_scale_dim)
         self.cam_scale = 1.0 / math.sqrt(cfg.cam_softmax_scale_dim)
 
-    def forward(self, x: Tensor, ctx: FrameContext, cache: SoftmaxBlockCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, ctx: FrameContext, cache: SoftmaxBlockCache | None = None,
+                codes: Tensor | None = None) -> Tensor:
         T, S = x.shape[1:3]
-        qkv, gate_logits = self.input_projections(x)
+        qkv, gate_logits = self.input_projections(x, codes)
         q, k, v = qkv.chunk(3, dim=-1)
         _, _, q_rot, k_rot = gdn_prep(q, k, self.q_norm.weight, self.k_norm.weight, *ctx.rope,
                                       num_heads=self.num_heads, key_scale=1.0, relu=False, out_dtype=x.dtype)

@@ -193,9 +193,11 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
         "softmax_attention": attention_kernels_of(net),
     }
     if compile:   # what compile_blocks did, for the record (both have environment switches for A/Bs)
+        from runtime.block import ADALN_KERNEL
         from runtime.model import STACK_INPUT_PROJECTIONS
 
         result["stacked_input_projections"] = STACK_INPUT_PROJECTIONS
+        result["adaln_kernel"] = ADALN_KERNEL
     if cuda:
         from kernels.glu_conv_triton import CONFIG as GLU_CONFIG
 

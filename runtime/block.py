@@ -1,14 +1,22 @@
 """One transformer block with frame-aware adaLN-single (spec section 1.3)."""
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor, nn
 
+from kernels.norm_modulate import ln_modulate
 from runtime.attention import FrameContext, GDNAttention, SoftmaxAttention
 from runtime.config import ModelConfig
 from runtime.cross_attention import MultiHeadCrossAttention
 from runtime.ffn import GLUMBConvTemp
 from runtime.norms import layer_norm, modulate
+
+ADALN_KERNEL = os.environ.get("SANA_WM_ADALN_KERNEL", "0") == "1"
+"""Whether FP8 blocks with static input scales take their attention and FFN inputs from one kernel pass
+(kernels.norm_modulate: residual add, LayerNorm, modulate and the E4M3 codes their FP8 GEMMs read) instead of the
+ops inductor fuses. Off until timed on a GPU (bench/gpu_round35.sh)."""
 
 
 class SanaWMBlock(nn.Module):
@@ -31,10 +39,22 @@ class SanaWMBlock(nn.Module):
         B, T, S, C = x.shape
         mods = (self.scale_shift_table[None, None] + t0).unbind(2)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (m[:, :, None] for m in mods)
-        x = x + gate_msa * self.attn(modulate(layer_norm(x), shift_msa, scale_msa), ctx, cache)
+        attn_scale = self.attn.prequantized_input_scale() if ADALN_KERNEL else None
+        if attn_scale is not None:
+            _, h, codes = ln_modulate(x, shift_msa, scale_msa, out_scale=attn_scale)
+            x = x + gate_msa * self.attn(h, ctx, cache, codes=codes)
+        else:
+            x = x + gate_msa * self.attn(modulate(layer_norm(x), shift_msa, scale_msa), ctx, cache)
         x = x + plucker_term
-        x = x + self.cross_attn(x.reshape(B, T * S, C), None, text_bias, kv=text_kv).view(B, T, S, C)
+        cross = self.cross_attn(x.reshape(B, T * S, C), None, text_bias, kv=text_kv).view(B, T, S, C)
         left = None if cache is None else cache.tconv
         out = None if cache is None or not ctx.write_cache else cache.tconv
-        h = self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp), ctx.grid, ctx.chunks, left, out)
+        ffn_scale = self.mlp.prequantized_input_scale() if ADALN_KERNEL else None
+        if ffn_scale is not None:
+            x, _, codes = ln_modulate(x, shift_mlp, scale_mlp, residual=cross, out_scale=ffn_scale,
+                                      want_normed=False)
+            h = self.mlp(codes, ctx.grid, ctx.chunks, left, out, act_dtype=x.dtype)
+        else:
+            x = x + cross
+            h = self.mlp(modulate(layer_norm(x), shift_mlp, scale_mlp), ctx.grid, ctx.chunks, left, out)
         return x + gate_mlp * h

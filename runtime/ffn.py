@@ -36,17 +36,23 @@ class GLUMBConvTemp(nn.Module):
         nn.init.zeros_(self.t_conv.weight)
 
     def forward(self, x: Tensor, grid: tuple[int, int], chunks, left_frame: Tensor | None = None,
-                cache_out: Tensor | None = None) -> Tensor:
+                cache_out: Tensor | None = None, act_dtype: torch.dtype | None = None) -> Tensor:
         """x [B, T, S, C] -> [B, T, S, C].
 
         chunks: (start, end) frame ranges. left_frame [B, S, C]: temporal-conv input of the frame before
         this call (streaming cache), None for zeros. cache_out [B, S, C]: receives this call's last frame.
+        x may come as E4M3 codes under the FP8 inverted conv's static input scale (`prequantized_input_scale`;
+        kernels.norm_modulate), with act_dtype the activations' dtype.
         """
         B, T, S, C = x.shape
         h, w = grid
+        dtype = act_dtype or x.dtype
         # Token-major throughout: the 1x1 convs are GEMMs over [tokens, channels] and SiLU + depthwise conv + GLU
         # gate is one op, a Triton kernel on CUDA (kernels.glu_conv), instead of cuDNN convs on NCHW views.
-        y = _pointwise(self.inverted_conv.conv, x.reshape(B * T * S, C))
+        if x.dtype == torch.float8_e4m3fn:
+            y = self.inverted_conv.conv(x.reshape(B * T * S, C), out_dtype=dtype)
+        else:
+            y = _pointwise(self.inverted_conv.conv, x.reshape(B * T * S, C))
         depth, point = self.depth_conv.conv, self.point_conv.conv
         # An FP8 point conv with a calibrated static input scale (quant/calibrate.py) gets its input from the
         # depthwise kernel already quantized: no separate quantizing pass over the M-channel activations.
@@ -55,8 +61,16 @@ class GLUMBConvTemp(nn.Module):
         if scale is None:
             y = _pointwise(point, y.view(B * T * S, -1)).view(B, T, S, C)
         else:
-            y = point(y.view(B * T * S, -1), out_dtype=x.dtype).view(B, T, S, C)
+            y = point(y.view(B * T * S, -1), out_dtype=dtype).view(B, T, S, C)
         return y + self.temporal_mix(y, chunks, left_frame, cache_out)
+
+    def prequantized_input_scale(self) -> Tensor | None:
+        """The static scale under which `forward` takes its input as E4M3 codes (an FP8 inverted conv calibrated
+        per tensor, without forward hooks), else None."""
+        conv = self.inverted_conv.conv
+        if conv._forward_pre_hooks or conv._forward_hooks:   # calibration must see real inputs
+            return None
+        return getattr(conv, "static_input_scale", None)
 
     def temporal_mix(self, y: Tensor, chunks, left_frame, cache_out) -> Tensor:
         B, T, S, C = y.shape

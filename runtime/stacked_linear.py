@@ -88,15 +88,21 @@ class StackedLinears:
                     m.bias = nn.Parameter(bias[rows], requires_grad=False)
         return cls(layers, weight, bias, fp8)
 
+    @property
+    def static_input_scale(self) -> Tensor | None:
+        """The FP8 layers' shared static input scale (then `__call__` takes E4M3 codes under it), else None."""
+        return self.layers[0].input_scale if self.fp8 else None
+
     def hooked(self) -> bool:
         """Whether some layer has forward hooks (then the layers must be called one by one)."""
         return any(m._forward_pre_hooks or m._forward_hooks for m in self.layers)
 
-    def __call__(self, x: Tensor) -> list[Tensor]:
+    def __call__(self, x: Tensor, out_dtype: torch.dtype | None = None) -> list[Tensor]:
+        """x, or (FP8 layers with a static input scale) its E4M3 codes under that scale with out_dtype."""
         if self.hooked():
             return [m(x) for m in self.layers]
         if self.fp8:
             return fp8_linear_stacked(x, self.weight, [m.weight_scale for m in self.layers], self.sizes,
-                                      [m.bias for m in self.layers], self.layers[0].input_scale)
+                                      [m.bias for m in self.layers], self.layers[0].input_scale, out_dtype)
         y = nn.functional.linear(x, self.weight, self.bias)
         return list(y.split(self.sizes + [self.weight.shape[0] - sum(self.sizes)], dim=-1)[:-1])

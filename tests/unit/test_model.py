@@ -310,3 +310,32 @@ def test_ffn_hands_the_fp8_point_conv_its_input_prequantized(monkeypatch):
     monkeypatch.setattr(FP8Linear, "static_input_scale", property(lambda self: None))
     unfused = ffn(x, (h, w), chunks)
     assert torch.equal(fused, unfused)
+
+
+def test_adaln_kernel_switch_feeds_the_fp8_gemms_their_codes(monkeypatch):
+    """SANA_WM_ADALN_KERNEL (runtime.block.ADALN_KERNEL): an FP8 static model with stacked input projections takes
+    the attention's and the FFN's inputs from kernels.norm_modulate (here its reference: the CPU), the stacked
+    projections and the FFN's inverted conv reading the E4M3 codes as they are. The model's output stays within
+    the E4M3 rounding steps that move between the two spellings; every block takes the path."""
+    import copy
+
+    import runtime.block as block_module
+    from quant import default_policy, quantize
+    from quant.calibrate import calibrate_fp8_inputs
+
+    model = quantize(build_model("tiny-world", init="random", seed=5), default_policy("fp8"))
+    x, ts, text, cam, plk = random_inputs(model, 4)
+    with torch.no_grad():
+        calibrate_fp8_inputs(model, lambda: model(x, ts, text, cam, plk))
+        for blk in model.blocks:
+            assert blk.attn.stack_input_projections_()
+        want = model(x, ts, text, cam, plk)
+        calls = []
+        real = block_module.ln_modulate
+        monkeypatch.setattr(block_module, "ln_modulate", lambda *a, **k: calls.append(k) or real(*a, **k))
+        monkeypatch.setattr(block_module, "ADALN_KERNEL", True)
+        got = copy.deepcopy(model)(x, ts, text, cam, plk)
+    assert len(calls) == 2 * len(model.blocks)
+    assert sum(k.get("residual") is not None for k in calls) == len(model.blocks)   # the FFN's, with the add
+    assert all(k["out_scale"] is not None for k in calls)
+    assert rel_err(got, want) < 1e-2 and not torch.equal(got, x)

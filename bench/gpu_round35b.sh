@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Round 35b (prepared in session 14; ~5 min): the FP8 static generator (official+tconv scope, round 33: 135.6 ms per
+# chunk) with SANA_WM_ADALN_KERNEL=1 and without, in the same machine session; LN=rows,warps picks the kernel's
+# launch (round 35's fastest; SANA_WM_LN_CONFIG)
+source bench/gpu_setup.sh
+FILTER="Warn\|W12\|_warn\|warnings.warn"
+[ -n "$LN" ] && export SANA_WM_LN_CONFIG=$LN
+{
+for on in 1 0; do
+  echo "== generator alone, fp8 static official+tconv + compile, SANA_WM_ADALN_KERNEL=$on"
+  SANA_WM_ADALN_KERNEL=$on timeout 170 python3 -m runtime.cli bench --precision fp8 --act-scales static \
+    --scope official+tconv --chunks 8 --warmup 3 --compile --no-decode --json $OUT/bench_fp8_static_tconv_adaln$on.json \
+    2>&1 | grep -v "$FILTER" | tail -5
+done
+} 2>&1 | tee $OUT/log
