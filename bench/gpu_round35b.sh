@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Round 35b (prepared in session 14; ~5 min): the FP8 static generator (official+tconv scope, round 33: 135.6 ms per
 # chunk) with SANA_WM_ADALN_KERNEL=1 and without, in the same machine session; LN=rows,warps picks the kernel's
-# launch (round 35's fastest; SANA_WM_LN_CONFIG)
+# launch (round 35's fastest; SANA_WM_LN_CONFIG). Both runs also carry session 14's untimed short-conv rewrite
+# (runtime/short_conv.py: one inductor pass instead of three kernels, ~49 us per GDN block call in round 30), so the
+# "0" run against round 33 times that.
 source bench/gpu_setup.sh
 FILTER="Warn\|W12\|_warn\|warnings.warn"
 [ -n "$LN" ] && export SANA_WM_LN_CONFIG=$LN
