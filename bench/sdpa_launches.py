@@ -6,7 +6,9 @@ Round 30's profile counted 5 cuDNN SDPA kernel launches per softmax block call (
 each): one attention of both branches (main + camera, a batch of 2 x 20 heads, 2640 queries over 8800 keys, D = 112;
 in steady state the keys and values are the stream cache's whole packed buffer, contiguous). This times that call and
 other layouts of the same work (the batch folded into 40 heads, one branch alone, D padded to 128) and counts the
-kernels each launches, to see whether the launch split (and its tail waves) comes from the shape.
+kernels each launches, to see whether the launch split (and its tail waves) comes from the shape (round 34: no, one
+kernel per call; the profile's average mixed in the cross-attention). Then the cross-attention to the 300 text
+tokens through each SDPA backend (`run_cross`).
 """
 from __future__ import annotations
 
@@ -69,6 +71,38 @@ def run(queries: int = 2640, keys: int = 8800, heads: int = 20, dim: int = 112) 
     return rows
 
 
+def run_cross(queries: int = 2640, keys: int = 300, heads: int = 20, dim: int = 112) -> list[dict]:
+    """The cross-attention to the text as the blocks call it (100 calls per chunk; round 30: ~30 us each, ~240
+    TFLOP/s: 300 keys are few tiles per query block), q and the cached text K / V as head-transposed views of
+    token-major tensors, through each SDPA backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    gen = torch.Generator(device=dev).manual_seed(1)
+    q = torch.randn(1, queries, heads, dim, device=dev, dtype=dt, generator=gen).transpose(1, 2)
+    k, v = (torch.randn(1, keys, heads, dim, device=dev, dtype=dt, generator=gen).transpose(1, 2) for _ in range(2))
+    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
+    rows = []
+    for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+        def call(backend=backend):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(q, k, v)
+
+        try:
+            err = float((call().float() - want).norm() / want.norm())
+        except RuntimeError as e:   # a backend that does not take this shape / layout
+            rows.append({"case": f"cross {backend.name}", "error": str(e).splitlines()[0]})
+            print(f"   cross {backend.name}: not available ({str(e).splitlines()[0][:80]})")
+            continue
+        n, kernels = _launches(call)
+        ms = _ms(call, repeats=200)
+        rows.append({"case": f"cross {backend.name}", "ms": round(ms, 4), "launches": n, "rel_err": err,
+                     "kernels": kernels})
+        print(f"{ms:8.4f} ms  {n:3d} launches  cross-attention {backend.name} (rel. err {err:.1e})  "
+              f"({', '.join(name[:60] for name in kernels)})")
+    return rows
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", help="write the rows here")
@@ -76,7 +110,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("bench.sdpa_launches: needs a CUDA GPU")
         return 1
-    rows = run()
+    rows = run() + run_cross()
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}, f, indent=1)
