@@ -41,18 +41,10 @@ def test_full_config_fp8_with_the_adaln_kernel(monkeypatch):
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 tensor cores need compute capability >= 8.9")
     import runtime.block as block_module
-    from quant import default_policy, quantize
-    from quant.calibrate import calibrate_fp8_inputs
-    from runtime.model import build_model, compile_blocks
-    from tests.gpu.test_streaming_gpu import _walk
+    from runtime.model import compile_blocks
+    from tests.gpu.test_streaming_gpu import _walk, bf16_reference_and_fp8_static_model
 
-    reference, _ = _walk(build_model("sana-wm-streaming", device="cuda", dtype=torch.bfloat16, init="random",
-                                     seed=1), False, 4)
-    torch.cuda.empty_cache()
-    model = quantize(build_model("sana-wm-streaming", device="cuda", dtype=torch.bfloat16, init="random", seed=1),
-                     default_policy("fp8"))
-    with torch.no_grad():
-        calibrate_fp8_inputs(model, lambda: _walk(model, False, 2))
+    reference, model = bf16_reference_and_fp8_static_model(4)
     for blk in model.blocks:
         assert blk.attn.stack_input_projections_()
     without, _ = _walk(model, False, 4)

@@ -86,6 +86,22 @@ def compiled_full_config_against_eager(before_compile=None, chunks: int = 4):
     return fast, eager, seen
 
 
+def bf16_reference_and_fp8_static_model(chunks: int):
+    """The full config's bf16 latents over `chunks` (random weights) and the same model quantized to FP8 (official
+    scope) with static input scales calibrated over 2 chunks."""
+    from quant import default_policy, quantize
+    from quant.calibrate import calibrate_fp8_inputs
+
+    reference, _ = _walk(build_model("sana-wm-streaming", device="cuda", dtype=torch.bfloat16, init="random",
+                                     seed=1), False, chunks)
+    torch.cuda.empty_cache()
+    model = quantize(build_model("sana-wm-streaming", device="cuda", dtype=torch.bfloat16, init="random", seed=1),
+                     default_policy("fp8"))
+    with torch.no_grad():
+        calibrate_fp8_inputs(model, lambda: _walk(model, False, 2))
+    return reference, model
+
+
 def test_stacked_fp8_input_projections_full_config():
     """The full 2.6B config, FP8 over the official scope with calibrated static scales, over 3 chunks: each
     attention block's qkv, output gate and beta projection as one stacked torch._scaled_mm (other outputs
@@ -96,16 +112,7 @@ def test_stacked_fp8_input_projections_full_config():
     FP8's own error (round 27b, H200: 0.057 against 0.096)."""
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 tensor cores need compute capability >= 8.9")
-    from quant import default_policy, quantize
-    from quant.calibrate import calibrate_fp8_inputs
-
-    reference, _ = _walk(build_model("sana-wm-streaming", device="cuda", dtype=torch.bfloat16, init="random",
-                                     seed=1), False, 3)
-    torch.cuda.empty_cache()
-    model = quantize(build_model("sana-wm-streaming", device="cuda", dtype=torch.bfloat16, init="random", seed=1),
-                     default_policy("fp8"))
-    with torch.no_grad():
-        calibrate_fp8_inputs(model, lambda: _walk(model, False, 2))
+    reference, model = bf16_reference_and_fp8_static_model(3)
     separate, _ = _walk(model, False, 3)
     for blk in model.blocks:
         assert blk.attn.stack_input_projections_()

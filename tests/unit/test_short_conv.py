@@ -20,7 +20,7 @@ def _causal_conv(x, weight, left):
 
 
 def _definition(x, weight, chunks, causal_across_chunks, left_context):
-    B, T, S, C = x.shape
+    B, _, S, C = x.shape
     K = weight.shape[-1]
     zeros = x.new_zeros(B, K - 1, S, C)
     whole = _causal_conv(x, weight, zeros if left_context is None else left_context)
