@@ -198,6 +198,7 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
 
         result["stacked_input_projections"] = STACK_INPUT_PROJECTIONS
         result["adaln_kernel"] = ADALN_KERNEL
+        result["inductor_options"] = __import__("os").environ.get("SANA_WM_INDUCTOR", "")
     if cuda:
         from kernels.glu_conv_triton import CONFIG as GLU_CONFIG
 

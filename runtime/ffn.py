@@ -73,24 +73,23 @@ class GLUMBConvTemp(nn.Module):
         return getattr(conv, "static_input_scale", None)
 
     def temporal_mix(self, y: Tensor, chunks, left_frame, cache_out) -> Tensor:
-        B, T, S, C = y.shape
         if isinstance(self.t_conv, nn.Conv2d) and is_tap_major(self.t_conv):
             out = _temporal_mix_by_taps(y, self.t_conv.weight, chunks, left_frame)
-            if cache_out is not None:   # after the GEMMs: the cache may hand the same buffer as left_frame
-                cache_out.copy_(y[:, -1])
-            return out
-        if getattr(self.t_conv, "tap_weights", None) is not None:   # FP8, one GEMM per tap (compile_blocks)
+        elif getattr(self.t_conv, "tap_weights", None) is not None:   # FP8, one GEMM per tap (compile_blocks)
             out = self.t_conv.mix_by_taps(y, chunks, left_frame)
-            if cache_out is not None:
-                cache_out.copy_(y[:, -1])
-            return out
+        else:
+            out = self._temporal_mix_interleaved(y, chunks, left_frame)
+        if cache_out is not None:   # after the mix: the cache may hand the same buffer as left_frame
+            cache_out.copy_(y[:, -1])
+        return out
+
+    def _temporal_mix_interleaved(self, y: Tensor, chunks, left_frame) -> Tensor:
+        B, T, S, C = y.shape
         zero = y.new_zeros(B, 1, S, C)
         prev = torch.cat([zero if left_frame is None else left_frame[:, None].to(y.dtype), y[:, :-1]], dim=1)
         nxt = torch.cat([y[:, 1:], zero], dim=1)
         for _, end in chunks[:-1]:
             nxt[:, end - 1] = 0                                     # no look-ahead past a chunk end
-        if cache_out is not None:
-            cache_out.copy_(y[:, -1])
         # One GEMM over the three taps: [prev, y, next] interleaved per channel is the (C_in, tap) order of the
         # conv weight, so its [C_out, C_in * 3] view needs no copy (three GEMMs on w[:, :, k] each copied a
         # strided C x C weight per call).
