@@ -106,3 +106,22 @@ def test_triton_bf16_rounds_the_sum_before_the_norm():
         step = want[0].float().abs() * 2.0 ** -7
         assert bool(((got[0].float() - want[0].float()).abs() <= step).all())
     assert rel_err(got[1], want[1]) < 8e-3
+
+
+@needs_triton
+def test_custom_op_compiles_whole_and_returns_only_what_was_asked():
+    """The op as a compiled block calls it (sana_wm::ln_modulate inside torch.compile, fullgraph): the outputs not
+    asked for come back as None, the others equal the kernel's eager results."""
+    x, res, shift, scale = _inputs((1, 2, 3, 40), seed=4)
+    s = torch.tensor(0.02, device=DEVICE)
+    ffn = torch.compile(lambda x, r: ln_modulate(x, shift, scale, residual=r, out_scale=s, want_normed=False,
+                                                 impl="triton"), fullgraph=True)
+    attn = torch.compile(lambda x: ln_modulate(x, shift, scale, out_scale=s, impl="triton"), fullgraph=True)
+    eager_ffn = ln_modulate(x, shift, scale, residual=res, out_scale=s, want_normed=False, impl="triton")
+    eager_attn = ln_modulate(x, shift, scale, out_scale=s, impl="triton")
+    for got, want in ((ffn(x, res), eager_ffn), (attn(x), eager_attn)):
+        for g, w in zip(got, want, strict=True):
+            assert (g is None) == (w is None)
+            assert w is None or torch.equal(g.view(torch.uint8) if g.dtype == torch.float8_e4m3fn else g,
+                                            w.view(torch.uint8) if w.dtype == torch.float8_e4m3fn else w)
+    assert eager_ffn[1] is None and eager_attn[0] is None
