@@ -666,6 +666,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="sweep the scan launch configs first (objective: the scans alone, default, or the "
                              "whole two-stream GDN layer), then time with the best")
     parser.add_argument("--only", default="", help="comma-separated ops to run (default: all)")
+    parser.add_argument("--shapes", default="", help="comma-separated substrings: run only the cases whose shape "
+                                                     "holds one (e.g. _w8 for the depthwise launches in strips)")
     args = parser.parse_args(argv)
 
     if not torch.cuda.is_available():
@@ -696,9 +698,12 @@ def main(argv: list[str] | None = None) -> int:
 
     record["launch_config"] = gdn_triton._config(torch.device("cuda"))
     only = {s for s in args.only.split(",") if s}
+    shapes = [s for s in args.shapes.split(",") if s]
     rows = []
     for case in build_cases(args.quick):
         if only and case["op"] not in only:
+            continue
+        if shapes and not any(part in case["shape"] for part in shapes):
             continue
         try:
             row = run_case(do_bench, case, ceilings)

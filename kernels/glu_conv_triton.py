@@ -13,7 +13,10 @@ loads (the channels of a position are contiguous, so every load is a run of chan
   hits) and added into the three output rows it touches, held as rolling accumulators; an output row is stored
   as soon as it is complete. "rows_gather" loads each input row once, a row ahead of its use, and takes its
   column-shifted copies with `tl.gather` (through registers / shared memory): one global load and one SiLU per
-  input element, so SiLU inside the kernel costs no recomputation (and no separate pass).
+  input element, so SiLU inside the kernel costs no recomputation (and no separate pass). A "_w<n>" suffix (e.g.
+  "rows_gather_w8") splits each row into strips of n columns, one per program: a whole row takes a power-of-two
+  block (W = 40 runs 64 lanes, 37.5 % of them idle); the gather kind then loads the strip's two neighbour columns
+  (its halo) beside it.
 
 With `silu_input` (the FFN's activation before the depthwise conv) the launch config picks where SiLU runs: on every
 loaded value inside the kernel (no separate pass over the input, but recomputed per load: 9 times per element for
@@ -69,7 +72,14 @@ CONFIG_CHOICES = tuple((*shape, inside) for inside in (False, True) for shape in
     (*shape, True) for shape in (("rows_gather", 22, 16, 8), ("rows_gather", 11, 16, 8), ("rows_gather", 11, 32, 16),
                                  ("rows_gatherpipe4", 22, 16, 8), ("rows_gatherpipe4", 11, 16, 8),
                                  ("rows_gatherpipe4", 11, 32, 16), ("rows_gatherpipe6", 22, 16, 8),
-                                 ("rows_gatherpipe6", 22, 32, 16), ("rows_gatherpipe6", 11, 32, 16)))
+                                 ("rows_gatherpipe6", 22, 32, 16), ("rows_gatherpipe6", 11, 32, 16))) + tuple(
+    # session 15: rows in strips of 8 or 16 columns (W = 40: no idle lanes at 8, 48 lanes at 16 against 64)
+    (*shape, inside) for shape, inside in (
+        (("rows_gather_w8", 22, 64, 4), True), (("rows_gather_w8", 22, 64, 8), True),
+        (("rows_gather_w8", 22, 128, 8), True), (("rows_gather_w8", 11, 64, 4), True),
+        (("rows_gather_w8", 22, 32, 4), True), (("rows_gather_w16", 22, 32, 8), True),
+        (("rows_gather_w16", 22, 64, 8), True), (("rows_gatherpipe4_w8", 22, 64, 8), True),
+        (("rows_w8", 22, 64, 4), True), (("rows_w8", 22, 64, 4), False), (("rows_w8", 22, 128, 8), False)))
 
 
 @triton.jit
@@ -177,6 +187,21 @@ def _raw_row(a_base, r, s_ah, s_aw, j, c, H, W, M, c_ok, live):
 
 
 @triton.jit
+def _halo_columns(a_base, r, s_ah, s_aw, j0, c, H, W, M, c_ok, live, BLOCK_W: tl.constexpr):
+    """Row r's input at the columns left and right of a strip starting at column j0 (both GLU halves, [1, BLOCK_C]
+    each, as loaded; zeros outside the frame and where not `live`)."""
+    row = a_base + r.to(tl.int64) * s_ah + c[None, :]
+    r_c, j0_c = r + c * 0, j0 + c * 0      # per lane: scalar mask terms break TRITON_INTERPRET's masks
+    r_ok = c_ok & (r_c >= 0) & (r_c < H) & live
+    left = row + (j0 - 1).to(tl.int64) * s_aw
+    right = row + (j0 + BLOCK_W).to(tl.int64) * s_aw
+    ok_l = (r_ok & (j0_c >= 1))[None, :]
+    ok_r = (r_ok & (j0_c + BLOCK_W < W))[None, :]
+    return (tl.load(left, mask=ok_l, other=0.0), tl.load(left + M, mask=ok_l, other=0.0),
+            tl.load(right, mask=ok_r, other=0.0), tl.load(right + M, mask=ok_r, other=0.0))
+
+
+@triton.jit
 def _tap_row(w_ptr, c, c_ok, s_wc, s_wr, s_ws, t: tl.constexpr):
     """The 3 column weights of tap row t, [1, BLOCK_C] fp32 each."""
     row = w_ptr + c * s_wc + t * s_wr
@@ -195,13 +220,16 @@ def _depthwise_glu_rows_kernel(
     s_wc, s_wr, s_ws,
     HAS_BIAS: tl.constexpr, SILU_IN: tl.constexpr, OUT_FP8: tl.constexpr, ROWS: tl.constexpr,
     BLOCK_W: tl.constexpr, BLOCK_C: tl.constexpr, GATHER: tl.constexpr, ROW_STAGES: tl.constexpr,
+    STRIPS: tl.constexpr,
 ):
     pid_c, n, pid_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    j = tl.arange(0, BLOCK_W)
+    lane = tl.arange(0, BLOCK_W)
+    j0 = (pid_r % STRIPS) * BLOCK_W   # this program's first column (0 when one block spans the row)
+    j = j0 + lane
     c_ok = c < M
     j_ok = j < W
-    r0 = pid_r * ROWS
+    r0 = (pid_r // STRIPS) * ROWS
     a_base = p_act + n.to(tl.int64) * s_an
     o_base = p_out + n.to(tl.int64) * s_on + j.to(tl.int64)[:, None] * s_ow + c[None, :]
     a00, a01, a02 = _tap_row(p_w, c, c_ok, s_wc, s_wr, s_ws, 0)
@@ -223,12 +251,16 @@ def _depthwise_glu_rows_kernel(
     nxt_a = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)   # out row r + 1
     nxt_g = tl.zeros([BLOCK_W, BLOCK_C], dtype=tl.float32)
     if GATHER:   # a row's column neighbours, gathered from the row itself (x[j - 1], x[j + 1]; zero past the edges)
-        idx_l = tl.broadcast_to(tl.maximum(j - 1, 0)[:, None], [BLOCK_W, BLOCK_C])
-        idx_r = tl.broadcast_to(tl.minimum(j + 1, BLOCK_W - 1)[:, None], [BLOCK_W, BLOCK_C])
-        keep_l = (j >= 1)[:, None]
-        keep_r = (j + 1 < W)[:, None]
+        idx_l = tl.broadcast_to(tl.maximum(lane - 1, 0)[:, None], [BLOCK_W, BLOCK_C])
+        idx_r = tl.broadcast_to(tl.minimum(lane + 1, BLOCK_W - 1)[:, None], [BLOCK_W, BLOCK_C])
+        keep_l = (lane >= 1)[:, None]
+        # past column W - 1 the loads gave zeros; in strips, the last lane's neighbour is the right halo
+        keep_r = ((j + 1 < W) if STRIPS == 1 else (lane + 1 < BLOCK_W))[:, None]
         if ROW_STAGES == 1:
             pre_a, pre_g = _raw_row(a_base, r0 - 1, s_ah, s_aw, j, c, H, W, M, c_ok, True)
+            if STRIPS > 1:
+                pre_la, pre_lg, pre_ra, pre_rg = _halo_columns(a_base, r0 - 1, s_ah, s_aw, j0, c, H, W, M, c_ok,
+                                                               True, BLOCK_W)
     for k in tl.range(ROWS + 2, num_stages=ROW_STAGES):
         r = r0 - 1 + k
         if GATHER:
@@ -238,14 +270,27 @@ def _depthwise_glu_rows_kernel(
             if ROW_STAGES == 1:
                 raw_a, raw_g = pre_a, pre_g
                 pre_a, pre_g = _raw_row(a_base, r + 1, s_ah, s_aw, j, c, H, W, M, c_ok, k + 1 < ROWS + 2)
+                if STRIPS > 1:
+                    la, lg, ra, rg = pre_la, pre_lg, pre_ra, pre_rg
+                    pre_la, pre_lg, pre_ra, pre_rg = _halo_columns(a_base, r + 1, s_ah, s_aw, j0, c, H, W, M, c_ok,
+                                                                   k + 1 < ROWS + 2, BLOCK_W)
             else:
                 raw_a, raw_g = _raw_row(a_base, r, s_ah, s_aw, j, c, H, W, M, c_ok, True)
+                if STRIPS > 1:
+                    la, lg, ra, rg = _halo_columns(a_base, r, s_ah, s_aw, j0, c, H, W, M, c_ok, True, BLOCK_W)
             xa1 = _silu(raw_a.to(tl.float32), SILU_IN)
             xg1 = _silu(raw_g.to(tl.float32), SILU_IN)
-            xa0 = tl.where(keep_l, tl.gather(xa1, idx_l, 0), 0.0)
-            xg0 = tl.where(keep_l, tl.gather(xg1, idx_l, 0), 0.0)
-            xa2 = tl.where(keep_r, tl.gather(xa1, idx_r, 0), 0.0)
-            xg2 = tl.where(keep_r, tl.gather(xg1, idx_r, 0), 0.0)
+            if STRIPS > 1:   # the strip's edge lanes take their neighbour from the halo
+                edge_la = _silu(la.to(tl.float32), SILU_IN)
+                edge_lg = _silu(lg.to(tl.float32), SILU_IN)
+                edge_ra = _silu(ra.to(tl.float32), SILU_IN)
+                edge_rg = _silu(rg.to(tl.float32), SILU_IN)
+            else:
+                edge_la, edge_lg, edge_ra, edge_rg = 0.0, 0.0, 0.0, 0.0
+            xa0 = tl.where(keep_l, tl.gather(xa1, idx_l, 0), edge_la)
+            xg0 = tl.where(keep_l, tl.gather(xg1, idx_l, 0), edge_lg)
+            xa2 = tl.where(keep_r, tl.gather(xa1, idx_r, 0), edge_ra)
+            xg2 = tl.where(keep_r, tl.gather(xg1, idx_r, 0), edge_rg)
         else:
             r_j = r + j * 0
             row_ok = j_ok & (r_j >= 0) & (r_j < H)
@@ -266,6 +311,15 @@ def _depthwise_glu_rows_kernel(
         nxt_g = xg0 * g00 + xg1 * g01 + xg2 * g02
 
 
+def _split_strip(kind: str) -> tuple[str, int | None]:
+    """"rows_gather_w8" -> ("rows_gather", 8): a rows kind run in strips of 8 columns; any other kind -> (kind,
+    None)."""
+    base, _, width = kind.rpartition("_w")
+    if base in ROWS_KINDS and width.isdigit() and int(width) >= 2 and int(width) & (int(width) - 1) == 0:
+        return base, int(width)
+    return kind, None
+
+
 def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None, config: tuple | None = None,
                          silu_input: bool = False, out_scale: Tensor | None = None) -> Tensor:
     from kernels.prep_triton import _empty  # NaN-filled under the tests' nan_filled_buffers()
@@ -280,6 +334,7 @@ def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None, confi
     # tap's per-channel load is then one contiguous run.
     w_strides = (weight.stride(0), weight.stride(2), weight.stride(3))
     kind, size, block_c, warps, silu_inside = config or CONFIG
+    rows_kind, strip_width = _split_strip(kind)
     if silu_input and not silu_inside:
         act = torch.nn.functional.silu(act)
     # SiLU inside the kernel takes the one-instruction tanh on a GPU (the interpreter has no inline PTX)
@@ -294,11 +349,14 @@ def depthwise_glu_triton(act: Tensor, weight: Tensor, bias: Tensor | None, confi
         grid = (triton.cdiv(H * W, size), triton.cdiv(M, block_c), N)
         _depthwise_glu_tiles_kernel[grid](act, weight, b, out, scale, H, W, M, *strides, BLOCK_P=size,
                                           ROW_LOOP=kind != "tiles", ROW_STAGES=TILES_KINDS[kind], **common)
-    elif kind in ROWS_KINDS:
-        grid = (triton.cdiv(M, block_c), N, triton.cdiv(H, size))
+    elif rows_kind in ROWS_KINDS:
+        block_w = max(2, triton.next_power_of_2(W) if strip_width is None else min(strip_width,
+                                                                                     triton.next_power_of_2(W)))
+        strips = triton.cdiv(W, block_w)
+        grid = (triton.cdiv(M, block_c), N, triton.cdiv(H, size) * strips)
         _depthwise_glu_rows_kernel[grid](act, weight, b, out, scale, H, W, M, *strides, ROWS=size,
-                                         BLOCK_W=max(2, triton.next_power_of_2(W)), GATHER=kind != "rows",
-                                         ROW_STAGES=ROWS_KINDS[kind], **common)
+                                         BLOCK_W=block_w, GATHER=rows_kind != "rows",
+                                         ROW_STAGES=ROWS_KINDS[rows_kind], STRIPS=strips, **common)
     else:
         raise ValueError(f"depthwise_glu_triton: unknown launch kind {kind!r}")
     return out

@@ -59,12 +59,17 @@ TILES, ROWS_2, ROWS_ALL = ("tiles", 16, 16, 4, True), ("rows", 2, 16, 4, True), 
 ROW_LOOP, ROW_PIPE = ("tiles_rowloop", 16, 16, 4, True), ("tiles_rowpipe", 16, 16, 4, True)
 GATHER_2, GATHER_ALL = ("rows_gather", 2, 16, 4, True), ("rows_gather", 16, 8, 2, True)
 GATHER_PIPE = ("rows_gatherpipe4", 3, 16, 4, True)
+# rows in strips of columns (the last one partial where W is not a multiple; the halo columns between strips)
+GATHER_STRIP, PIPE_STRIP = ("rows_gather_w4", 2, 16, 4, True), ("rows_gatherpipe4_w2", 3, 16, 4, True)
+ROWS_STRIP = ("rows_w4", 2, 16, 4, True)
 CASES = [(SHAPES[0], TILES, True), (SHAPES[0], ROWS_2, False), (SHAPES[1], ROWS_ALL, True),
          (SHAPES[1], TILES, False), (SHAPES[2], ROWS_2, True), (SHAPES[3], ROWS_2, True),
          (SHAPES[3], TILES, True), (SHAPES[4], ROWS_ALL, False), (SHAPES[4], TILES, True),
          (SHAPES[0], ROW_LOOP, False), (SHAPES[2], ROW_LOOP, True), (SHAPES[1], ROW_PIPE, True),
          (SHAPES[0], GATHER_2, True), (SHAPES[3], GATHER_2, False), (SHAPES[4], GATHER_ALL, True),
-         (SHAPES[0], GATHER_PIPE, False), (SHAPES[1], GATHER_PIPE, True)]
+         (SHAPES[0], GATHER_PIPE, False), (SHAPES[1], GATHER_PIPE, True), (SHAPES[0], GATHER_STRIP, True),
+         (SHAPES[2], GATHER_STRIP, False), (SHAPES[1], PIPE_STRIP, True), (SHAPES[3], PIPE_STRIP, False),
+         (SHAPES[2], ROWS_STRIP, True)]
 
 
 @needs_triton

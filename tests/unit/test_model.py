@@ -329,6 +329,7 @@ def test_adaln_kernel_switch_feeds_the_fp8_gemms_their_codes(monkeypatch):
         calibrate_fp8_inputs(model, lambda: model(x, ts, text, cam, plk))
         for blk in model.blocks:
             assert blk.attn.stack_input_projections_()
+        monkeypatch.setattr(block_module, "ADALN_KERNEL", False)
         want = model(x, ts, text, cam, plk)
         calls = []
         real = block_module.ln_modulate
