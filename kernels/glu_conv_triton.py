@@ -43,10 +43,13 @@ TILES_KINDS = {"tiles": 1, "tiles_rowloop": 1, "tiles_rowpipe": 3}
 """The tiles kernel's launch kinds: nine taps unrolled; the tap rows as a loop; the same loop software-pipelined
 (value: the loop's pipeline stages)."""
 
-CONFIG = ("rows_gather", 22, 16, 8, True)
+CONFIG = ("rows_w8", 22, 64, 4, True)
 """(kind, positions or rows per program, channels per program, warps, SiLU of the input inside the kernel; when
-False a `silu_input` call first runs a separate SiLU pass). H200, round 27 (2026-12-02) at the full model's chunk
-shape: rows_gather 22 rows x 16 channels x 8 warps with SiLU inside, 0.112 ms, against 0.139 ms for the former
+False a `silu_input` call first runs a separate SiLU pass). H200, round 36 (2026-12-02): rows in strips of 8
+columns (no idle lanes at W = 40), three shifted loads per row (L1 hits) with SiLU inside, 22 x 64 x 4: 0.1055 ms
+against 0.1116 for rows_gather 22 x 16 x 8 in the same session (every gather launch in strips was slower: the
+halo columns' extra loads and SiLUs); FP8 static generator 135.2 -> 133.2 ms per chunk. Round 27 at the full
+model's chunk shape: rows_gather 22 rows x 16 channels x 8 warps with SiLU inside, 0.112 ms, against 0.139 ms for the former
 default (tiles 32 x 64 x 4 and a separate SiLU pass; round 24 had taken the generator from 154.8 to 144.5 ms per
 chunk with it); FP8 static generator 144.8 -> 140.5 ms per chunk (round 27b, official+tconv scope).
 `bench.kernels --only depthwise_glu_sweep` times every choice. Tried and removed (session 14, round 32): loading 2 or
@@ -79,7 +82,11 @@ CONFIG_CHOICES = tuple((*shape, inside) for inside in (False, True) for shape in
         (("rows_gather_w8", 22, 128, 8), True), (("rows_gather_w8", 11, 64, 4), True),
         (("rows_gather_w8", 22, 32, 4), True), (("rows_gather_w16", 22, 32, 8), True),
         (("rows_gather_w16", 22, 64, 8), True), (("rows_gatherpipe4_w8", 22, 64, 8), True),
-        (("rows_w8", 22, 64, 4), True), (("rows_w8", 22, 64, 4), False), (("rows_w8", 22, 128, 8), False)))
+        (("rows_w8", 22, 64, 4), True), (("rows_w8", 22, 64, 4), False), (("rows_w8", 22, 128, 8), False),
+        # after round 36 (rows_w8 22 x 64 x 4 the fastest): its neighbours
+        (("rows_w8", 22, 32, 4), True), (("rows_w8", 22, 64, 2), True), (("rows_w8", 11, 64, 4), True),
+        (("rows_w8", 22, 128, 4), True), (("rows_w8", 22, 64, 8), True), (("rows_w4", 22, 64, 4), True),
+        (("rows_w16", 22, 64, 4), True), (("rows_w4", 22, 128, 4), True)))
 
 
 @triton.jit

@@ -2,12 +2,13 @@
 E4M3 codes an FP8 GEMM with a static input scale takes and / or the result in the activations' dtype.
 
     s = x + residual                      (stored in x's dtype: the block's running residual)
-    y = layer_norm(s) * (1 + scale[frame]) + shift[frame]
+    y = layer_norm(s) * (1 + scale[frame] + scale_bias) + shift[frame] + shift_bias
     normed = y                            (x's dtype; the bf16 camera projections read it)
     codes = e4m3(clamp(y / out_scale, +-448))
 
-x, residual [B, T, S, C] token-major; shift, scale [B, T, 1, C] (or [B, T, C]). The attention's input takes both
-outputs (the FP8 stacked projections and the bf16 camera projections), the FFN's the residual add and the codes.
+x, residual [B, T, S, C] token-major; shift, scale [B, T, 1, C] (or [B, T, C]); shift_bias, scale_bias [C] or None
+(a block passes its timestep modulation and its scale_shift_table rows apart: the sum is taken in the kernel, with
+no small kernel per call to materialise it first). The attention's input takes both outputs (the FP8 stacked projections and the bf16 camera projections), the FFN's the residual add and the codes.
 
 Why: inductor fuses exactly these ops, but as a looped two-pass Welford reduction over the 2240 channels; in the
 full model's FP8 chunk (H200, round 30) those kernels took 35 us (attention input) and 26 us (FFN input) per call,
@@ -29,7 +30,8 @@ __all__ = ["ln_modulate", "ln_modulate_reference"]
 
 
 def _check(x: Tensor, shift: Tensor, scale: Tensor, residual: Tensor | None, out_scale: Tensor | None,
-           want_normed: bool) -> tuple[Tensor, Tensor]:
+           want_normed: bool, shift_bias: Tensor | None = None, scale_bias: Tensor | None = None
+           ) -> tuple[Tensor, Tensor]:
     """Validates the arguments; returns shift and scale as [B, T, C] views."""
     if x.dim() != 4:
         raise ValueError(f"ln_modulate: expected x [B, T, S, C], got {tuple(x.shape)}")
@@ -44,6 +46,9 @@ def _check(x: Tensor, shift: Tensor, scale: Tensor, residual: Tensor | None, out
             raise ValueError(f"ln_modulate: {name} must be [B, T, 1, C] or [B, T, C] = {(B, T, C)}, got "
                              f"{tuple(t.shape)}")
         mods.append(t)
+    for name, t in (("shift_bias", shift_bias), ("scale_bias", scale_bias)):
+        if t is not None and tuple(t.shape) != (C,):
+            raise ValueError(f"ln_modulate: {name} must be [C] = [{C}], got {tuple(t.shape)}")
     if out_scale is not None and (out_scale.numel() != 1 or out_scale.dtype != torch.float32):
         raise ValueError(f"ln_modulate: out_scale must be a float32 scalar tensor, got {out_scale.dtype} "
                          f"{tuple(out_scale.shape)}")
@@ -53,17 +58,23 @@ def _check(x: Tensor, shift: Tensor, scale: Tensor, residual: Tensor | None, out
 
 
 def ln_modulate_reference(x: Tensor, shift: Tensor, scale: Tensor, *, residual: Tensor | None = None,
-                          eps: float = 1e-6, out_scale: Tensor | None = None, want_normed: bool = True
+                          eps: float = 1e-6, out_scale: Tensor | None = None, want_normed: bool = True,
+                          shift_bias: Tensor | None = None, scale_bias: Tensor | None = None
                           ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """(summed residual or None, normed or None, E4M3 codes or None); see the module docstring. fp32 math: the
     sum is rounded to x's dtype first (what is stored, and what the norm of the stored stream sees)."""
-    shift, scale = _check(x, shift, scale, residual, out_scale, want_normed)
+    shift, scale = _check(x, shift, scale, residual, out_scale, want_normed, shift_bias, scale_bias)
+    shift, scale = shift.float(), scale.float()
+    if shift_bias is not None:
+        shift = shift + shift_bias.float()
+    if scale_bias is not None:
+        scale = scale + scale_bias.float()
     summed = None if residual is None else (x.float() + residual.float()).to(x.dtype)
     s = (x if summed is None else summed).float()
     mean = s.mean(-1, keepdim=True)
     d = s - mean
     y = d * torch.rsqrt((d * d).mean(-1, keepdim=True) + eps)
-    y = y * (1 + scale.float()[:, :, None]) + shift.float()[:, :, None]
+    y = y * (1 + scale[:, :, None]) + shift[:, :, None]
     normed = y.to(x.dtype) if want_normed else None
     codes = None
     if out_scale is not None:
@@ -74,29 +85,33 @@ def ln_modulate_reference(x: Tensor, shift: Tensor, scale: Tensor, *, residual: 
 # A custom op, so that torch.compile keeps the kernel as one opaque call (outputs not asked for come back empty).
 @torch.library.custom_op("sana_wm::ln_modulate", mutates_args=())
 def _ln_modulate_op(x: Tensor, shift: Tensor, scale: Tensor, residual: Tensor | None, eps: float,
-                    out_scale: Tensor | None, want_normed: bool) -> tuple[Tensor, Tensor, Tensor]:
+                    out_scale: Tensor | None, want_normed: bool, shift_bias: Tensor | None,
+                    scale_bias: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     from kernels.norm_modulate_triton import ln_modulate_triton
 
     summed, normed, codes = ln_modulate_triton(x, shift, scale, residual=residual, eps=eps, out_scale=out_scale,
-                                               want_normed=want_normed)
+                                               want_normed=want_normed, shift_bias=shift_bias,
+                                               scale_bias=scale_bias)
     return (x.new_empty(0) if summed is None else summed, x.new_empty(0) if normed is None else normed,
             x.new_empty(0, dtype=torch.float8_e4m3fn) if codes is None else codes)
 
 
 @_ln_modulate_op.register_fake
-def _(x, shift, scale, residual, eps, out_scale, want_normed):
+def _(x, shift, scale, residual, eps, out_scale, want_normed, shift_bias, scale_bias):
     return (x.new_empty(x.shape if residual is not None else (0,)), x.new_empty(x.shape if want_normed else (0,)),
             x.new_empty(x.shape if out_scale is not None else (0,), dtype=torch.float8_e4m3fn))
 
 
 def ln_modulate(x: Tensor, shift: Tensor, scale: Tensor, *, residual: Tensor | None = None, eps: float = 1e-6,
-                out_scale: Tensor | None = None, want_normed: bool = True, impl: str = "auto"
+                out_scale: Tensor | None = None, want_normed: bool = True, shift_bias: Tensor | None = None,
+                scale_bias: Tensor | None = None, impl: str = "auto"
                 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """`ln_modulate_reference` in one Triton kernel; impl: "auto" (Triton on CUDA), "triton" or "reference"."""
     if use_triton(x, impl):
-        _check(x, shift, scale, residual, out_scale, want_normed)
-        summed, normed, codes = _ln_modulate_op(x, shift, scale, residual, eps, out_scale, want_normed)
+        _check(x, shift, scale, residual, out_scale, want_normed, shift_bias, scale_bias)
+        summed, normed, codes = _ln_modulate_op(x, shift, scale, residual, eps, out_scale, want_normed, shift_bias,
+                                                scale_bias)
         return (summed if residual is not None else None, normed if want_normed else None,
                 codes if out_scale is not None else None)
     return ln_modulate_reference(x, shift, scale, residual=residual, eps=eps, out_scale=out_scale,
-                                 want_normed=want_normed)
+                                 want_normed=want_normed, shift_bias=shift_bias, scale_bias=scale_bias)

@@ -28,10 +28,11 @@ CONFIG_CHOICES = ((1, 4), (1, 8), (2, 4), (2, 8), (4, 8), (4, 16), (8, 16))
 
 @triton.jit
 def _ln_modulate_kernel(
-    p_x, p_res, p_shift, p_scale, p_sum, p_normed, p_codes, p_out_scale,
+    p_x, p_res, p_shift, p_scale, p_shift_bias, p_scale_bias, p_sum, p_normed, p_codes, p_out_scale,
     R, S, C, T, eps,
     s_shift_b, s_shift_t, s_scale_b, s_scale_t,
-    HAS_RES: tl.constexpr, WRITE_NORMED: tl.constexpr, WRITE_CODES: tl.constexpr,
+    HAS_RES: tl.constexpr, HAS_SHIFT_BIAS: tl.constexpr, HAS_SCALE_BIAS: tl.constexpr,
+    WRITE_NORMED: tl.constexpr, WRITE_CODES: tl.constexpr,
     ROWS: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
@@ -53,8 +54,13 @@ def _ln_modulate_kernel(
     b, t = frame // T, frame % T
     mod_shift = (b.to(tl.int64) * s_shift_b + t.to(tl.int64) * s_shift_t)[:, None] + c[None, :]
     mod_scale = (b.to(tl.int64) * s_scale_b + t.to(tl.int64) * s_scale_t)[:, None] + c[None, :]
-    y = y * (1.0 + tl.load(p_scale + mod_scale, mask=mask, other=0.0).to(tl.float32)) + tl.load(
-        p_shift + mod_shift, mask=mask, other=0.0).to(tl.float32)
+    shift = tl.load(p_shift + mod_shift, mask=mask, other=0.0).to(tl.float32)
+    scale = tl.load(p_scale + mod_scale, mask=mask, other=0.0).to(tl.float32)
+    if HAS_SHIFT_BIAS:
+        shift += tl.load(p_shift_bias + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    if HAS_SCALE_BIAS:
+        scale += tl.load(p_scale_bias + c, mask=c_ok, other=0.0).to(tl.float32)[None, :]
+    y = y * (1.0 + scale) + shift
     if WRITE_NORMED:
         tl.store(p_normed + offs, y.to(p_normed.dtype.element_ty), mask=mask)
     if WRITE_CODES:
@@ -64,10 +70,11 @@ def _ln_modulate_kernel(
 
 def ln_modulate_triton(x: Tensor, shift: Tensor, scale: Tensor, *, residual: Tensor | None = None,
                        eps: float = 1e-6, out_scale: Tensor | None = None, want_normed: bool = True,
-                       config: tuple | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+                       shift_bias: Tensor | None = None, scale_bias: Tensor | None = None, config: tuple | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     from kernels.prep_triton import _empty  # NaN-filled under the tests' nan_filled_buffers()
 
-    shift, scale = _check(x, shift, scale, residual, out_scale, want_normed)
+    shift, scale = _check(x, shift, scale, residual, out_scale, want_normed, shift_bias, scale_bias)
+    shift_bias, scale_bias = (None if t is None else t.contiguous() for t in (shift_bias, scale_bias))
     B, T, S, C = x.shape
     x = x.contiguous()
     residual = None if residual is None else residual.contiguous()
@@ -82,11 +89,14 @@ def ln_modulate_triton(x: Tensor, shift: Tensor, scale: Tensor, *, residual: Ten
     unused = x                                          # a pointer the kernel never touches
     R = B * T * S
     _ln_modulate_kernel[(triton.cdiv(R, rows),)](
-        x, unused if residual is None else residual, shift, scale, unused if summed is None else summed,
+        x, unused if residual is None else residual, shift, scale,
+        unused if shift_bias is None else shift_bias, unused if scale_bias is None else scale_bias,
+        unused if summed is None else summed,
         unused if normed is None else normed, unused if codes is None else codes,
         unused if out_scale is None else out_scale.reshape(()),
         R, S, C, T, eps, shift.stride(0), shift.stride(1), scale.stride(0), scale.stride(1),
-        HAS_RES=residual is not None, WRITE_NORMED=want_normed, WRITE_CODES=out_scale is not None,
+        HAS_RES=residual is not None, HAS_SHIFT_BIAS=shift_bias is not None,
+        HAS_SCALE_BIAS=scale_bias is not None, WRITE_NORMED=want_normed, WRITE_CODES=out_scale is not None,
         ROWS=rows, BLOCK_C=triton.next_power_of_2(C), num_warps=warps,
     )
     return summed, normed, codes

@@ -48,6 +48,23 @@ def test_reference_is_the_blocks_norm_modulate_and_fp8_quantizer():
     assert none_sum is None and no_codes is None and rel_err(only_normed, modulate(layer_norm(x), shift, scale)) < FP32_REL
 
 
+def test_table_rows_are_added_to_the_modulation():
+    """shift_bias / scale_bias (a block's scale_shift_table rows, [C]) act as if added to every frame's shift /
+    scale first, in fp32."""
+    x, res, shift, scale = (t.cpu() for t in _inputs((2, 3, 4, 32)))
+    g = torch.Generator().manual_seed(9)
+    shift_bias, scale_bias = torch.randn(32, generator=g) * 0.2, torch.randn(32, generator=g) * 0.2
+    s = torch.tensor(0.02)
+    got = ln_modulate_reference(x, shift, scale, residual=res, out_scale=s, shift_bias=shift_bias,
+                                scale_bias=scale_bias)
+    want = ln_modulate_reference(x, shift + shift_bias, scale + scale_bias, residual=res, out_scale=s)
+    assert torch.equal(got[0], want[0]) and rel_err(got[1], want[1]) < FP32_REL
+    assert e4m3_codes_agree(got[2], want[2], max_differing=0.01)
+    assert rel_err(got[1], ln_modulate_reference(x, shift, scale, residual=res)[1]) > 0.05   # the rows matter
+    with pytest.raises(ValueError, match="shift_bias must be"):
+        ln_modulate_reference(x, shift, scale, shift_bias=shift_bias[:8])
+
+
 def test_bad_arguments_are_refused():
     x, res, shift, scale = (t.cpu() for t in _inputs((1, 2, 3, 8)))
     with pytest.raises(ValueError, match="x \\[B, T, S, C\\]"):
@@ -67,7 +84,8 @@ def test_bad_arguments_are_refused():
 @pytest.mark.parametrize("config", [(1, 4), (4, 8)], ids=["rows1", "rows4"])
 def test_triton_matches_reference(shape, config):
     """Every output combination: with the residual add (the FFN's input: the sum and the codes), without (the
-    attention's: normed and codes), normed alone; modulation tensors as [B, T, 1, C] views of a larger tensor."""
+    attention's: normed and codes), normed alone; modulation tensors as [B, T, 1, C] views of a larger tensor;
+    with and without table rows added to them."""
     from kernels.gdn_triton import nan_filled_buffers
     from kernels.norm_modulate_triton import ln_modulate_triton
 
@@ -75,12 +93,17 @@ def test_triton_matches_reference(shape, config):
     mods = torch.cat([shift, scale], dim=2)              # [B, T, 2, C]: shift / scale as strided views
     shift, scale = mods[:, :, :1], mods[:, :, 1:]
     s = torch.tensor(0.01, device=DEVICE)
-    for residual, out_scale, want_normed in ((res, s, False), (None, s, True), (None, None, True), (res, s, True)):
+    # table rows: both on the first call, the scale's alone on the last
+    rows = (torch.randn(2, shape[-1], generator=torch.Generator().manual_seed(1)) * 0.2).to(DEVICE, x.dtype)
+    for residual, out_scale, want_normed, (shift_bias, scale_bias) in (
+            (res, s, False, rows), (None, s, True, (None, None)), (None, None, True, (None, None)),
+            (res, s, True, (None, rows[1]))):
+        bias = {"shift_bias": shift_bias, "scale_bias": scale_bias}
         with nan_filled_buffers():                       # an unwritten element would stay NaN
             got = ln_modulate_triton(x, shift, scale, residual=residual, out_scale=out_scale,
-                                     want_normed=want_normed, config=config)
+                                     want_normed=want_normed, config=config, **bias)
         want = ln_modulate_reference(x, shift, scale, residual=residual, out_scale=out_scale,
-                                     want_normed=want_normed)
+                                     want_normed=want_normed, **bias)
         for g, w in zip(got, want, strict=True):
             assert (g is None) == (w is None)
             if w is None:
