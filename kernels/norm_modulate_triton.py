@@ -19,8 +19,10 @@ from kernels.norm_modulate import _check
 
 __all__ = ["CONFIG", "ln_modulate_triton"]
 
-CONFIG = (2, 8)
-"""(rows per program, warps). Not yet timed (bench.kernels --only ln_modulate,ln_modulate_sweep)."""
+CONFIG = (1, 8)
+"""(rows per program, warps). Round 37 (H200): 2 x 8 took 21.2 us per call in the model once the table rows were
+added in the kernel (14.7 us without): 100 registers per thread instead of 64 (sm_90 compile), half the programs
+per SM; one row per program with the rows added takes 64. Timed by bench.kernels --only ln_modulate_sweep."""
 if os.environ.get("SANA_WM_LN_CONFIG"):   # e.g. "4,8": a launch choice to time without editing CONFIG
     CONFIG = tuple(int(v) for v in os.environ["SANA_WM_LN_CONFIG"].split(","))
 CONFIG_CHOICES = ((1, 4), (1, 8), (2, 4), (2, 8), (4, 8), (4, 16), (8, 16))

@@ -232,10 +232,12 @@ def _(x, P, cam_cos, cam_sin, mode, out_dtype):
 def _ucpe_qkv_prep_op(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: Tensor, P: Tensor,
                       cam_cos: Tensor, cam_sin: Tensor, num_heads: int, key_scale: float, eps: float, relu: bool,
                       out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """q', k', v' and the per-token inflation ratio [B, H, T, S]: the mean over S is left to the caller's
+    compiled graph (inside the op it ran as one more eager kernel per call, 100 per chunk)."""
     from kernels.prep_triton import ucpe_qkv_prep_triton
 
     return ucpe_qkv_prep_triton(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads=num_heads,
-                                key_scale=key_scale, eps=eps, relu=relu, out_dtype=out_dtype)
+                                key_scale=key_scale, eps=eps, relu=relu, out_dtype=out_dtype, per_token_ratio=True)
 
 
 @_ucpe_qkv_prep_op.register_fake
@@ -243,7 +245,7 @@ def _(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads, key_scale, ep
     B, T, S, C = q.shape
     shape = (B, num_heads, T, S, C // num_heads)
     return (*(q.new_empty(shape, dtype=out_dtype) for _ in range(3)),
-            q.new_empty((B, num_heads, T), dtype=torch.float32))
+            q.new_empty((B, num_heads, T, S), dtype=torch.float32))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -327,8 +329,9 @@ def ucpe_qkv_prep(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: T
     """
     if _use_triton(q, impl):
         _check_ucpe_qkv(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads)
-        return torch.ops.sana_wm.ucpe_qkv_prep(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads,
-                                               float(key_scale), float(eps), relu, out_dtype)
+        qp, kp, vp, ratio = torch.ops.sana_wm.ucpe_qkv_prep(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin,
+                                                            num_heads, float(key_scale), float(eps), relu, out_dtype)
+        return qp, kp, vp, ratio.mean(-1)
     qp, kp, vp, inflation = ucpe_qkv_prep_reference(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin,
                                                      num_heads=num_heads, key_scale=key_scale, eps=eps, relu=relu)
     return qp.to(out_dtype), kp.to(out_dtype), vp.to(out_dtype), inflation
