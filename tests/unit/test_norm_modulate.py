@@ -18,7 +18,7 @@ from kernels.norm_modulate import ln_modulate, ln_modulate_reference
 from tests.tolerances import FP32_REL, e4m3_codes_agree, rel_err
 
 # (B, T, S, C): C not a power of two, rows not a multiple of the rows per program, tiles spanning frames, B > 1.
-SHAPES = [(1, 3, 5, 24), (2, 2, 3, 40), (1, 1, 1, 7)]
+SHAPES = [(1, 3, 5, 24), (2, 2, 3, 40), (1, 1, 1, 7), (1, 2, 3, 32)]   # C = 32: one tile, no split
 
 
 def _inputs(shape, seed=0, dtype=torch.float32):
