@@ -1,10 +1,11 @@
 """Triton version of `kernels.norm_modulate.ln_modulate` (see there for the math and the reference).
 
-Grid: one program per ROWS consecutive tokens. A program loads its [ROWS, C] tile once (as one power-of-two tile of
-channels, or two when C is not a power of two: 2240 = 2048 + 192 in a 256-lane tile, masked), adds the residual and stores the sum, takes the mean and then the variance of the centred values (two
-reductions over registers, no Welford loop, no second pass over memory), modulates with its rows' frame
-shift / scale (S tokens per frame: a tile rarely spans two frames, the loads then hit the cache), and stores the
-normed values and / or their E4M3 codes.
+Grid: one program per ROWS consecutive tokens. A program loads its [ROWS, C] tile once (one power-of-two tile of
+channels, or two when C is not a power of two: 2240 = 2048 + 192 in a 256-lane tile, masked), adds the residual and
+stores the sum, takes the mean and then the variance of the centred values (two reductions over registers, no
+Welford loop, no second pass over memory), modulates with its rows' frame shift / scale plus the table rows (S
+tokens per frame: a tile rarely spans two frames, the loads then hit the cache), and stores the normed values and /
+or their E4M3 codes.
 """
 from __future__ import annotations
 

@@ -259,7 +259,6 @@ def test_stacked_fp8_input_projections_match_separate_layers(static):
     model = quantize(build_model("tiny-world", init="random", seed=5), default_policy("fp8"))
     x, ts, text, cam, plk = random_inputs(model, 4)
     with torch.no_grad():
-        unquantized = build_model("tiny-world", init="random", seed=5)(x, ts, text, cam, plk)
         run = lambda: model(x, ts, text, cam, plk)
         scales = calibrate_fp8_inputs(model, run) if static else None
         want = run()
