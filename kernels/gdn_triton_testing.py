@@ -161,11 +161,12 @@ def compile_resources(kernel, constexprs: dict, arg_types: dict | None = None, *
 
 STREAMING_DIVISIBLE = tuple(f"stride_{t}{d}" for t in ("q", "k", "kr", "v", "qr") for d in ("b", "h", "t", "s")) + (
     "S", "D", "DK", "DV", "M", "s_an", "s_ah", "s_aw", "s_on", "s_oh", "s_ow", "s_wr", "s_ws", "N", "s_qb", "s_qh",
-    "s_qm", "s_qsb", "s_qsh", "s_kb", "s_kh", "s_kn", "s_ksb", "s_ksh", "s_vb", "s_vh", "s_vn", "s_vd", "s_ob", "s_oh", "s_om")
+    "s_qm", "s_qsb", "s_qsh", "s_kb", "s_kh", "s_kn", "s_ksb", "s_ksh", "s_vb", "s_vh", "s_vn", "s_vd", "s_ob", "s_oh", "s_om",
+    "C", "s_shift_b", "s_shift_t", "s_scale_b", "s_scale_t")
 """Int arguments divisible by 16 at the streaming shape (S = 880, D = 112 and the strides of [B, H, T, S, D]
 tensors; the depthwise + GLU kernel's M = 6720 and channels-last strides; the INT8 attention's 2640 queries, 8800
-keys and the strides of its operands), which the JIT specializes on; beta's strides (H = 20 per token) and T are
-not."""
+keys and the strides of its operands; C = 2240 and the adaLN modulation's strides), which the JIT specializes on;
+beta's strides (H = 20 per token) and T are not."""
 
 H100_SHARED_BYTES = 227 * 1024
 """Largest dynamic shared memory of one H100 thread block (a config above it fails to launch)."""
@@ -219,10 +220,27 @@ def default_resource_cases() -> list[tuple]:
         cases.append(("depthwise_glu", gc._depthwise_glu_tiles_kernel,
                       {**common, "BLOCK_P": size, "ROW_LOOP": kind != "tiles", "ROW_STAGES": gc.TILES_KINDS[kind]},
                       types, warps, 3))
-    elif kind in gc.ROWS_KINDS:   # W = 40 columns: rows of 64 lanes
+    else:   # a rows kind, W = 40 columns: rows of 64 lanes, or strips of n columns ("_w<n>": 40 / n programs)
+        rows_kind, strip = gc._split_strip(kind)
+        if rows_kind not in gc.ROWS_KINDS:
+            raise ValueError(f"glu_conv_triton.CONFIG: unknown launch kind {kind!r}")
+        block_w = 64 if strip is None else strip
         cases.append(("depthwise_glu", gc._depthwise_glu_rows_kernel,
-                      {**common, "ROWS": size, "BLOCK_W": 64, "GATHER": kind != "rows",
-                       "ROW_STAGES": gc.ROWS_KINDS[kind]}, types, warps, 3))
+                      {**common, "ROWS": size, "BLOCK_W": block_w, "GATHER": rows_kind != "rows",
+                       "ROW_STAGES": gc.ROWS_KINDS[rows_kind], "STRIPS": -(-40 // block_w)}, types, warps, 3))
+    # The blocks' adaLN inputs (kernels.norm_modulate_triton) at C = 2240 (a 2048 + 256-lane pair of tiles), with the
+    # table rows: the attention's (normed + codes) and the FFN's (residual add + codes).
+    from kernels import norm_modulate_triton as nm
+
+    ln_rows, ln_warps = nm.CONFIG
+    ln_types = {name: "*bf16" for name in ("p_x", "p_res", "p_shift", "p_scale", "p_shift_bias", "p_scale_bias",
+                                            "p_sum", "p_normed")}
+    ln_types.update({"p_codes": "*fp8e4nv", "p_out_scale": "*fp32"})
+    for residual in (False, True):
+        cases.append((f"ln_modulate residual={residual}", nm._ln_modulate_kernel,
+                      {"HAS_RES": residual, "HAS_SHIFT_BIAS": True, "HAS_SCALE_BIAS": True,
+                       "WRITE_NORMED": not residual, "WRITE_CODES": True, "ROWS": ln_rows, "BLOCK_C": 2048,
+                       "SPLIT": True, "BLOCK_C2": 256}, ln_types, ln_warps, 1))
     # The softmax blocks' INT8-score / E4M3-value attention (not yet on the model's path) at D = 112.
     from kernels import attention_int8_triton as at
 

@@ -497,9 +497,10 @@ def test_prep_shape_errors():
 @pytest.mark.slow
 @pytest.mark.skipif(not HAVE_TRITON, reason="needs triton")
 def test_default_launch_configs_fit_an_h100_without_spills():
-    """Every kernel at the model's head dim (and the FFN's depthwise + GLU kernel at the model's width), default
-    launch config: shared memory within an H100 block's limit and no register spills. Runs in a subprocess because this module may have switched the Triton
-    interpreter on, and interpreted kernels cannot be compiled."""
+    """Every kernel at the model's head dim (and the FFN's depthwise + GLU kernel and the adaLN input kernel at the
+    model's width), default launch config: shared memory within an H100 block's limit and no register spills. Runs
+    in a subprocess because this module may have switched the Triton interpreter on, and interpreted kernels cannot
+    be compiled."""
     import json
     import subprocess
     import sys
@@ -513,6 +514,8 @@ def test_default_launch_configs_fit_an_h100_without_spills():
     report = json.loads(proc.stdout.strip().splitlines()[-1])
     if "skipped" in report:
         pytest.skip(report["skipped"])
+    # every default launch is in the report (a launch kind the check does not know must not drop out silently)
+    assert {"depthwise_glu", "ln_modulate residual=False", "ln_modulate residual=True"} <= set(report["kernels"])
     bad = {name: r for name, r in report["kernels"].items()
            if r["shared"] > report["shared_limit"] or (r["spill_bytes"] or 0) > 0}
     assert not bad, f"over the H100 limits: {bad}"
