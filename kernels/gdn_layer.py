@@ -19,7 +19,7 @@ from torch import Tensor
 
 from kernels.dispatch import use_triton
 from kernels.gdn import gdn_bidirectional
-from kernels.prep import gdn_prep, ucpe_qkv_prep
+from kernels.prep import gdn_prep, ucpe_beta_discount, ucpe_qkv_prep
 
 __all__ = ["gdn_layer", "split_heads"]
 
@@ -45,10 +45,10 @@ def _main_branch(q, k, v, q_weight, k_weight, rope_cos, rope_sin, beta, g, h0, z
 
 def _camera_branch(qc, kc, vc, qc_weight, kc_weight, P, cam_cos, cam_sin, beta, g, hc0, *, num_heads, key_scale,
                    output_final_state, chunks, out_dtype, token_major, impl):
-    qp, kp, vp, inflation = ucpe_qkv_prep(qc, kc, vc, qc_weight, kc_weight, P, cam_cos, cam_sin,
-                                          num_heads=num_heads, key_scale=key_scale, out_dtype=out_dtype, impl=impl)
+    qp, kp, vp, ratio = ucpe_qkv_prep(qc, kc, vc, qc_weight, kc_weight, P, cam_cos, cam_sin, num_heads=num_heads,
+                                      key_scale=key_scale, out_dtype=out_dtype, per_token_ratio=True, impl=impl)
     # Dynamic beta discount: the UCPE transform inflates key norms; damp the write strength to match.
-    beta_cam = beta / inflation.clamp_min(1.0)[..., None]
+    beta_cam = ucpe_beta_discount(beta, ratio, impl=impl)
     return gdn_bidirectional(qp, kp, vp, beta_cam, g, with_z=False,
                              initial_state=None if hc0 is None else (hc0, None),
                              output_final_state=output_final_state, chunks=chunks, out_ucpe=(P, cam_cos, cam_sin),

@@ -28,6 +28,8 @@ __all__ = [
     "gdn_prep",
     "gdn_prep_reference",
     "rigid_inverse",
+    "ucpe_beta_discount",
+    "ucpe_beta_discount_reference",
     "ucpe_prep",
     "ucpe_prep_reference",
     "ucpe_qkv_prep",
@@ -115,7 +117,8 @@ def _norm_heads(x: Tensor, weight: Tensor, eps: float, relu: bool, scale: float,
 
 def ucpe_qkv_prep_reference(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: Tensor, P: Tensor,
                             cam_cos: Tensor, cam_sin: Tensor, *, num_heads: int, key_scale: float,
-                            eps: float = 1e-5, relu: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                            eps: float = 1e-5, relu: bool = True,
+                            per_token_ratio: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """fp32 PyTorch reference of `ucpe_qkv_prep` (same arguments and results)."""
     _check_ucpe_qkv(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads)
     B, T, S, C = q.shape
@@ -125,8 +128,29 @@ def ucpe_qkv_prep_reference(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k
     qp = ucpe_prep_reference(qh, P, cam_cos, cam_sin, "q")
     kp = ucpe_prep_reference(kh, P, cam_cos, cam_sin, "kv")
     vp = ucpe_prep_reference(vh, P, cam_cos, cam_sin, "kv")
-    inflation = (kp.pow(2).sum(-1) / kh.pow(2).sum(-1).clamp_min(1e-12)).mean(-1)
-    return qp, kp, vp, inflation
+    ratio = kp.pow(2).sum(-1) / kh.pow(2).sum(-1).clamp_min(1e-12)
+    return qp, kp, vp, ratio if per_token_ratio else ratio.mean(-1)
+
+
+def ucpe_beta_discount_reference(beta: Tensor, ratio: Tensor) -> Tensor:
+    """The camera branch's write strength: beta [B, H, T, S] / max(1, inflation), the inflation being the mean
+    of the per-token key-norm ratio [B, H, T, S] over the frame's tokens (`ucpe_qkv_prep(..., per_token_ratio=
+    True)`); fp32."""
+    return beta.float() / ratio.float().mean(-1).clamp_min(1.0)[..., None]
+
+
+def ucpe_beta_discount(beta: Tensor, ratio: Tensor, impl: str = "auto") -> Tensor:
+    """`ucpe_beta_discount_reference` in one Triton launch (the mean, the clamp and the division were three eager
+    kernels inside the GDN layer op: it runs eagerly, so inductor fuses nothing there). No custom op: it is called
+    from inside `sana_wm::gdn_layer`."""
+    if beta.shape != ratio.shape:
+        raise ValueError(f"ucpe_beta_discount: beta {tuple(beta.shape)} and ratio {tuple(ratio.shape)} must both "
+                         "be [B, H, T, S]")
+    if _use_triton(ratio, impl):
+        from kernels.prep_triton import ucpe_beta_discount_triton
+
+        return ucpe_beta_discount_triton(beta, ratio)
+    return ucpe_beta_discount_reference(beta, ratio)
 
 
 def _check_ucpe_qkv(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads):
@@ -309,7 +333,7 @@ def ucpe_prep(x: Tensor, P: Tensor, cam_cos: Tensor, cam_sin: Tensor, mode: str,
 
 def ucpe_qkv_prep(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: Tensor, P: Tensor,
                   cam_cos: Tensor, cam_sin: Tensor, *, num_heads: int, key_scale: float, eps: float = 1e-5,
-                  relu: bool = True, out_dtype: torch.dtype = torch.float32,
+                  relu: bool = True, out_dtype: torch.dtype = torch.float32, per_token_ratio: bool = False,
                   impl: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Camera-branch prep in one pass: equal to
         qh, kh, _, _ = gdn_prep(q, k, q_weight, k_weight, ..., num_heads, key_scale, eps, relu)
@@ -325,13 +349,15 @@ def ucpe_qkv_prep(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: T
         out_dtype: dtype of q', k', v' (fp32 default).
         impl: "auto" (Triton on CUDA), "triton" or "reference".
     Returns:
-        (q', k', v' [B, H, T, S, D] in out_dtype, inflation [B, H, T] fp32).
+        (q', k', v' [B, H, T, S, D] in out_dtype, inflation [B, H, T] fp32; with `per_token_ratio` the ratio
+        per token [B, H, T, S] before its mean, for `ucpe_beta_discount`).
     """
     if _use_triton(q, impl):
         _check_ucpe_qkv(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads)
         qp, kp, vp, ratio = torch.ops.sana_wm.ucpe_qkv_prep(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin,
                                                             num_heads, float(key_scale), float(eps), relu, out_dtype)
-        return qp, kp, vp, ratio.mean(-1)
+        return qp, kp, vp, ratio if per_token_ratio else ratio.mean(-1)
     qp, kp, vp, inflation = ucpe_qkv_prep_reference(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin,
-                                                     num_heads=num_heads, key_scale=key_scale, eps=eps, relu=relu)
+                                                     num_heads=num_heads, key_scale=key_scale, eps=eps, relu=relu,
+                                                     per_token_ratio=per_token_ratio)
     return qp.to(out_dtype), kp.to(out_dtype), vp.to(out_dtype), inflation

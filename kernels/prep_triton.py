@@ -353,3 +353,32 @@ def ucpe_qkv_prep_triton(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_we
         num_warps=_prep_warps(block_h * block_d),
     )
     return (*outs, ratio if per_token_ratio else ratio.mean(-1))
+
+
+@triton.jit
+def _beta_discount_kernel(p_beta, p_ratio, p_out, S, s_bb, s_bh, s_bt, s_bs, H, T, BLOCK_S: tl.constexpr):
+    """One program per (b, h, t): beta / max(1, mean over the frame's S tokens of the key-norm ratio)."""
+    i_bht = tl.program_id(0)
+    i_bh, i_t = i_bht // T, i_bht % T
+    i_b, i_h = i_bh // H, i_bh % H
+    o_s = tl.arange(0, BLOCK_S)
+    row = i_bht.to(tl.int64) * S
+    total = tl.zeros([BLOCK_S], dtype=tl.float32)
+    for s0 in range(0, S, BLOCK_S):
+        total += tl.load(p_ratio + row + s0 + o_s, mask=s0 + o_s < S, other=0.0)
+    inv = 1.0 / tl.maximum(tl.sum(total, axis=0) / S, 1.0)
+    p_b = p_beta + i_b.to(tl.int64) * s_bb + i_h.to(tl.int64) * s_bh + i_t.to(tl.int64) * s_bt
+    for s0 in range(0, S, BLOCK_S):
+        m = s0 + o_s < S
+        b = tl.load(p_b + (s0 + o_s).to(tl.int64) * s_bs, mask=m, other=0.0).to(tl.float32)
+        tl.store(p_out + row + s0 + o_s, b * inv, mask=m)
+
+
+def ucpe_beta_discount_triton(beta: Tensor, ratio: Tensor) -> Tensor:
+    """Triton version of `kernels.prep.ucpe_beta_discount_reference` (one launch; fp32 [B, H, T, S] out)."""
+    B, H, T, S = ratio.shape
+    ratio = ratio.float().contiguous()
+    out = _empty((B, H, T, S), ratio.device)
+    _beta_discount_kernel[(B * H * T,)](beta, ratio, out, S, *beta.stride(), H, T,
+                                        BLOCK_S=min(1024, triton.next_power_of_2(S)), num_warps=4)
+    return out

@@ -458,6 +458,34 @@ def test_triton_ucpe_qkv_prep_matches_reference(shape, relu):
 
 
 @needs_triton
+@pytest.mark.parametrize("S", [7, 1100], ids=["S7", "S1100"])   # 1100: two token blocks of the kernel's loop
+def test_triton_ucpe_beta_discount_matches_reference(S):
+    """The camera branch's beta: beta / max(1, mean_S ratio) per head and frame, in one launch, reading beta
+    through the strides of a permuted view (as the GDN layer hands it); frames whose mean ratio is below 1 keep
+    beta as is. The per-token ratio of ucpe_qkv_prep averages to its inflation."""
+    from kernels.gdn_triton import nan_filled_buffers
+
+    B, H, T = 2, 3, 4
+    g = torch.Generator().manual_seed(44)
+    beta = torch.rand(B, T, S, H, generator=g).to(DEVICE).permute(0, 3, 1, 2)       # [B, H, T, S] view
+    ratio = (torch.rand(B, H, T, S, generator=g) * 2.5).to(DEVICE)                 # means around 1.25
+    ratio[:, :, 0] *= 0.3                                                            # first frames: mean < 1
+    with nan_filled_buffers():
+        got = prep.ucpe_beta_discount(beta, ratio, impl="triton")
+    want = prep.ucpe_beta_discount_reference(beta, ratio)
+    assert got.dtype == torch.float32 and got.shape == (B, H, T, S)
+    assert_close("beta_cam", got, want)
+    assert torch.allclose(got[:, :, 0], beta[:, :, 0].float())
+    assert not torch.allclose(got[:, :, 1:], beta[:, :, 1:].float())
+    with pytest.raises(ValueError, match="ucpe_beta_discount"):
+        prep.ucpe_beta_discount(beta, ratio[..., :-1])
+    args, kw = _camera_inputs(1, 2, 5, 3, 16, seed=45)
+    per_token = prep.ucpe_qkv_prep(*args, **kw, per_token_ratio=True, impl="triton")[3]
+    assert per_token.shape == (1, 3, 2, 5)
+    assert_close("inflation", per_token.mean(-1), prep.ucpe_qkv_prep(*args, **kw, impl="reference")[3])
+
+
+@needs_triton
 def test_triton_prep_bf16_outputs():
     """out_dtype=bf16: the fp32 results rounded once (the math stays fp32)."""
     args, kw = prep_inputs(1, 2, 7, 3, 16, device=DEVICE, seed=42)
