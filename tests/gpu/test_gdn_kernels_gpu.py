@@ -195,6 +195,12 @@ def test_ucpe_qkv_prep_model_shape(out_dtype):
     for name, a, b in zip(("q'", "k'", "v'", "inflation"), out, ref, strict=True):
         err = rel_err(a, b)
         assert err <= (FP32_REL if name == "inflation" else tol), f"{name}: {err:.2e}"
+    # the camera beta from the per-token ratio, in one launch, against the reference's mean / clamp / division
+    ratio = prep.ucpe_qkv_prep(*args, **kw, out_dtype=out_dtype, per_token_ratio=True, impl="triton")[3]
+    beta = torch.rand(1, T, S, H, device="cuda").permute(0, 3, 1, 2)     # a strided view, as the layer hands it
+    with nan_filled_buffers():
+        got = prep.ucpe_beta_discount(beta, ratio, impl="triton")
+    assert rel_err(got, prep.ucpe_beta_discount_reference(beta, ratio)) <= FP32_REL
 
 
 def _streaming_step(qp, kp, vp, wq, wk, cos, sin, beta, g, h0, z0, P, ccos, csin, hc0):
