@@ -105,7 +105,8 @@ class SanaWorldModel(nn.Module):
     def forward(self, x: Tensor, timestep: Tensor, text: TextContext, camera: Tensor, plucker: Tensor, *,
                 chunks: tuple[tuple[int, int], ...] | None = None, frame_offset: int | None = None,
                 cache: StreamCache | None = None, write_cache: bool = False,
-                positions: Tensor | None = None, plucker_terms: list[Tensor] | None = None) -> Tensor:
+                positions: Tensor | None = None, plucker_terms: list[Tensor] | None = None,
+                frame_tables: tuple | None = None) -> Tensor:
         """Predict the flow velocity v = noise - x0.
 
         Args:
@@ -123,6 +124,8 @@ class SanaWorldModel(nn.Module):
                 captured CUDA graph reads the positions of each replay from a buffer.
             plucker_terms: `plucker_terms(plucker)` when the caller has it already (the passes of one chunk share
                 it), else computed here.
+            frame_tables: `frame_tables(...)` of these frames when the caller has them already (likewise), else
+                computed here.
         Returns:
             [B, Cin, T, h, w] velocity.
         """
@@ -136,13 +139,9 @@ class SanaWorldModel(nn.Module):
             raise ValueError("a streaming call (with a cache) covers exactly one chunk")
         if write_cache and cache is None:
             raise ValueError("write_cache needs a cache")
-        if frame_offset is None:
-            frame_offset = cache.frames_done if cache is not None else 0
-
-        frames = positions if positions is not None else torch.arange(frame_offset, frame_offset + T, device=x.device)
-        rope = rope_tables(cfg.rope_split, frames, h, w, cfg.rope_theta)
-        cam_rope = rope_tables(cfg.rope_split, frames, h, w, cfg.rope_theta, camera=True)
-        rays = camera_conditions_to_ray_matrices(camera.float(), (h, w))
+        if frame_tables is None:
+            frame_tables = self.frame_tables(camera, T, frame_offset=frame_offset, cache=cache, positions=positions)
+        rope, cam_rope, rays = frame_tables
         mask = None
         if len(chunks) > 1:
             recent = cfg.kv_cache_chunks - 1 if cfg.sink else cfg.kv_cache_chunks
@@ -153,6 +152,23 @@ class SanaWorldModel(nn.Module):
         if write_cache:
             cache.commit_chunk(T)
         return v
+
+    def frame_tables(self, camera: Tensor, T: int, *, frame_offset: int | None = None, cache: StreamCache | None = None,
+                     positions: Tensor | None = None) -> tuple:
+        """(RoPE cos / sin, camera RoPE cos / sin, UCPE ray matrices) of T frames at their absolute positions
+        (`positions`, else from `frame_offset`, else the cache's position) under `camera` [B, T, 20]: the same for
+        every pass of a chunk, so `denoise_chunk` builds them once (eager float64 work, ~40 small kernels)."""
+        cfg = self.cfg
+        h, w = cfg.latent_height, cfg.latent_width
+        if positions is not None:
+            frames = positions
+        else:
+            if frame_offset is None:
+                frame_offset = cache.frames_done if cache is not None else 0
+            frames = torch.arange(frame_offset, frame_offset + T, device=camera.device)
+        return (rope_tables(cfg.rope_split, frames, h, w, cfg.rope_theta),
+                rope_tables(cfg.rope_split, frames, h, w, cfg.rope_theta, camera=True),
+                camera_conditions_to_ray_matrices(camera.float(), (h, w)))
 
     def plucker_terms(self, plucker: Tensor) -> list[Tensor]:
         """Each block's Plucker-ray term [B, T, S, C] (the embedded 48-channel ray maps through the block's

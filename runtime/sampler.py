@@ -31,17 +31,20 @@ def denoise_chunk(model, noise: Tensor, text, camera: Tensor, plucker: Tensor, c
     if clean_first is not None:
         x[:, :, 0] = clean_first
     sigmas = [t / 1000.0 for t in timesteps]
-    plucker_terms = model.plucker_terms(plucker)   # the same for every pass of the chunk
+    # the same for every pass of the chunk (the cache pass commits the chunk after it has run)
+    plucker_terms = model.plucker_terms(plucker)
+    tables = model.frame_tables(camera, T, cache=cache, positions=positions)
     for i in range(len(timesteps) - 1):
         t = torch.full((B, T), float(timesteps[i]), device=x.device)
         if clean_first is not None:
             t[:, 0] = 0.0
-        v = model(x, t, text, camera, plucker, cache=cache, positions=positions, plucker_terms=plucker_terms)
+        v = model(x, t, text, camera, plucker, cache=cache, positions=positions, plucker_terms=plucker_terms,
+                  frame_tables=tables)
         x = x + (sigmas[i + 1] - sigmas[i]) * v.to(x.dtype)
         if clean_first is not None:
             x[:, :, 0] = clean_first
     if write_cache:
         zeros = torch.zeros(B, T, device=x.device)
         model(x, zeros, text, camera, plucker, cache=cache, write_cache=True, positions=positions,
-              plucker_terms=plucker_terms)
+              plucker_terms=plucker_terms, frame_tables=tables)
     return x

@@ -242,10 +242,13 @@ class EngineChunkModel(nn.Module):
     def plucker_terms(self, plucker: Tensor) -> None:
         """The engine embeds the ray maps itself (SanaWorldModel's per-chunk terms have no use here)."""
 
+    def frame_tables(self, camera: Tensor, T: int, **_) -> None:
+        """The engine path builds its RoPE / ray tables on the host once per chunk itself (`_chunk_inputs`)."""
+
     @torch.no_grad()
     def forward(self, x: Tensor, timestep: Tensor, text, camera: Tensor, plucker: Tensor, *, chunks=None,
                 frame_offset: int | None = None, cache: EngineState | None = None, write_cache: bool = False,
-                positions: Tensor | None = None, plucker_terms: None = None) -> Tensor:
+                positions: Tensor | None = None, plucker_terms: None = None, frame_tables: None = None) -> Tensor:
         """Same arguments as SanaWorldModel.forward in streaming use (one chunk, with a cache). Returns the
         velocity in a buffer that the next call of the same graph overwrites."""
         if cache is None or (chunks is not None and len(chunks) != 1):

@@ -350,3 +350,25 @@ def test_cuda_session_builds_the_ray_maps_on_the_gpu_like_numpy():
     want = chunk_plucker(np.stack(session.poses), session.intrinsics, list(latents),
                          (cfg.latent_height, cfg.latent_width), session.stride)
     assert plk.is_cuda and rel_err(plk[0].float().cpu(), torch.from_numpy(want)) < 1e-5
+
+
+def test_frame_tables_are_built_once_per_chunk(tiny, monkeypatch):
+    """denoise_chunk builds the chunk's RoPE / ray tables once and hands them to its 5 passes (they only depend on
+    the frames' positions and cameras, which the cache pass commits after it has run): the same latents, bit for
+    bit, as every pass building its own, over chunks that fill the sink and the ring."""
+    real = type(tiny).frame_tables
+    calls = []
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs.get("positions"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(tiny), "frame_tables", counted)
+    once = _walk(_session(tiny), POSES, 4)
+    assert len(calls) == 4                                  # one per chunk: the passes took the chunk's tables
+    # every pass building its own (the model ignores what the sampler hands it)
+    real_forward = type(tiny).forward
+    monkeypatch.setattr(type(tiny), "forward", lambda self, *a, frame_tables=None, **k: real_forward(self, *a, **k))
+    per_pass = _walk(_session(tiny), POSES, 4)
+    assert len(calls) == 4 + 4 * (1 + 5)                   # the sampler's, then each of the 5 passes' own
+    assert all(torch.equal(a, b) for a, b in zip(once, per_pass))
