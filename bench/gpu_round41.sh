@@ -4,7 +4,9 @@
 # GDN block call, 225 per chunk, on the camera branch's side stream, which is likely the longer branch). A/B in one
 # machine session: the FP8 static generator (official+tconv) as is, and with the discount put back on the eager
 # reference ops (the code before, patched in for the run); then the profile; GPU tests of the prep kernels and of the
-# full-config fast path against the reference kernels.
+# full-config fast path against the reference kernels. Both generator runs also carry the chunk's RoPE / ray tables
+# built once per chunk (runtime.sampler, session 15): against rounds 38-39 (131.7-132.0 ms) that times the two
+# together; the profile's launch count shows the eager kernels that are gone.
 source bench/gpu_setup.sh
 FILTER="Warn\|W12\|_warn\|warnings.warn"
 ARGS="bench --precision fp8 --act-scales static --scope official+tconv --chunks 8 --warmup 3 --compile --no-decode"
