@@ -256,8 +256,9 @@ def _(x, P, cam_cos, cam_sin, mode, out_dtype):
 def _ucpe_qkv_prep_op(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: Tensor, P: Tensor,
                       cam_cos: Tensor, cam_sin: Tensor, num_heads: int, key_scale: float, eps: float, relu: bool,
                       out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """q', k', v' and the per-token inflation ratio [B, H, T, S]: the mean over S is left to the caller's
-    compiled graph (inside the op it ran as one more eager kernel per call, 100 per chunk)."""
+    """q', k', v' and the per-token inflation ratio [B, H, T, S]: its mean over S is left to the caller (inside
+    the op it was one more eager kernel per call): fused by inductor in the softmax blocks' compiled camera branch,
+    one launch with the beta discount in the GDN layer op (`ucpe_beta_discount`)."""
     from kernels.prep_triton import ucpe_qkv_prep_triton
 
     return ucpe_qkv_prep_triton(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads=num_heads,

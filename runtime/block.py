@@ -16,8 +16,8 @@ from runtime.norms import layer_norm, modulate
 ADALN_KERNEL = os.environ.get("SANA_WM_ADALN_KERNEL", "1") == "1"
 """Whether FP8 blocks with static input scales take their attention and FFN inputs from one kernel pass
 (kernels.norm_modulate: residual add, LayerNorm, modulate and the E4M3 codes their FP8 GEMMs read) instead of the
-ops inductor fuses. On by default since round 35b (H200: 14.7 us per call against ~35 / 26 us for inductor's two
-reductions; FP8 static generator 135.6 -> 133.4 ms per chunk); SANA_WM_ADALN_KERNEL=0 turns it off."""
+ops inductor fuses. On by default since round 35b (H200: 135.6 -> 133.4 ms per chunk for the FP8 static generator;
+~21-24 us per call against ~35 / 26 us for inductor's two-pass reductions); SANA_WM_ADALN_KERNEL=0 turns it off."""
 
 
 class SanaWMBlock(nn.Module):
