@@ -161,8 +161,8 @@ def compile_resources(kernel, constexprs: dict, arg_types: dict | None = None, *
 
 STREAMING_DIVISIBLE = tuple(f"stride_{t}{d}" for t in ("q", "k", "kr", "v", "qr") for d in ("b", "h", "t", "s")) + (
     "S", "D", "DK", "DV", "M", "s_an", "s_ah", "s_aw", "s_on", "s_oh", "s_ow", "s_wr", "s_ws", "N", "s_qb", "s_qh",
-    "s_qm", "s_qsb", "s_qsh", "s_kb", "s_kh", "s_kn", "s_ksb", "s_ksh", "s_vb", "s_vh", "s_vn", "s_vd", "s_ob", "s_oh", "s_om",
-    "C", "s_shift_b", "s_shift_t", "s_scale_b", "s_scale_t")
+    "s_qm", "s_qsb", "s_qsh", "s_kb", "s_kh", "s_kn", "s_ksb", "s_ksh", "s_vb", "s_vh", "s_vn", "s_vd", "s_ob", "s_oh",
+    "s_om", "C", "s_shift_b", "s_shift_t", "s_scale_b", "s_scale_t")
 """Int arguments divisible by 16 at the streaming shape (S = 880, D = 112 and the strides of [B, H, T, S, D]
 tensors; the depthwise + GLU kernel's M = 6720 and channels-last strides; the INT8 attention's 2640 queries, 8800
 keys and the strides of its operands; C = 2240 and the adaLN modulation's strides), which the JIT specializes on;

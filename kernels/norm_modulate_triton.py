@@ -105,7 +105,8 @@ def _ln_modulate_kernel(
 
 def ln_modulate_triton(x: Tensor, shift: Tensor, scale: Tensor, *, residual: Tensor | None = None,
                        eps: float = 1e-6, out_scale: Tensor | None = None, want_normed: bool = True,
-                       shift_bias: Tensor | None = None, scale_bias: Tensor | None = None, config: tuple | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+                       shift_bias: Tensor | None = None, scale_bias: Tensor | None = None,
+                       config: tuple | None = None) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     from kernels.prep_triton import _empty  # NaN-filled under the tests' nan_filled_buffers()
 
     shift, scale = _check(x, shift, scale, residual, out_scale, want_normed, shift_bias, scale_bias)

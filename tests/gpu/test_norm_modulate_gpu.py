@@ -36,9 +36,10 @@ def test_full_config_fp8_with_the_adaln_kernel(monkeypatch):
     """The full 2.6B config, FP8 official scope with calibrated static scales and stacked input projections, over 4
     chunks: with SANA_WM_ADALN_KERNEL (the attention and FFN inputs from the one-pass kernel, the FP8 GEMMs reading
     its codes) eagerly, as close to the bf16 model as without it (within 25 %: both are FP8 approximations whose
-    E4M3 roundings flip here and there), and compiled + replayed from one CUDA graph as close to bf16 as its eager run, and nearer to
-    that run than FP8 is to bf16 (inductor's bf16 roundings differ from eager ones and flip E4M3 roundings of later
-    inputs: round 35 measured 0.057 between the two, as stacked against separate projections in round 27b)."""
+    E4M3 roundings flip here and there), and compiled + replayed from one CUDA graph as close to bf16 as its eager
+    run, and nearer to that run than FP8 is to bf16 (inductor's bf16 roundings differ from eager ones and flip E4M3
+    roundings of later inputs: round 35 measured 0.057 between the two, as stacked against separate projections in
+    round 27b)."""
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 tensor cores need compute capability >= 8.9")
     import runtime.block as block_module
