@@ -81,7 +81,7 @@ def test_bad_arguments_are_refused():
 
 @needs_triton
 @pytest.mark.parametrize("shape", SHAPES, ids=[f"B{b}T{t}S{s}C{c}" for b, t, s, c in SHAPES])
-@pytest.mark.parametrize("config", [(1, 4), (4, 8)], ids=["rows1", "rows4"])
+@pytest.mark.parametrize("config", [(1, 4), (4, 8), (2, 4, 1, 2)], ids=["rows1", "rows4", "persistent"])
 def test_triton_matches_reference(shape, config):
     """Every output combination: with the residual add (the FFN's input: the sum and the codes), without (the
     attention's: normed and codes), normed alone; modulation tensors as [B, T, 1, C] views of a larger tensor;
