@@ -494,8 +494,9 @@ def build_cases(quick: bool) -> list[dict]:
         name = "ffn: residual + codes" if residual else "attention: normed + codes"
         cases.append({"op": "ln_modulate", "shape": name, "bf16": True, "make": lambda r=residual: _ln_modulate_case(r)})
         for cfg in LN_CHOICES:
-            cases.append({"op": "ln_modulate_sweep", "shape": f"{'ffn' if residual else 'attn'}-{cfg[0]}-{cfg[1]}",
-                          "bf16": True, "make": lambda r=residual, c=cfg: _ln_modulate_case(r, c)})
+            cases.append({"op": "ln_modulate_sweep", "bf16": True,
+                          "shape": f"{'ffn' if residual else 'attn'}-{'-'.join(map(str, cfg))}",
+                          "make": lambda r=residual, c=cfg: _ln_modulate_case(r, c)})
     for backend, pad in (("cudnn", None), ("cudnn", 128), ("flash", None), ("flash", 128), ("efficient", None)):
         cases.append({"op": "sdpa", "bf16": True, "shape": f"{backend} D={pad or D}",
                       "make": lambda b=backend, p=pad: _sdpa_case(b, p)})
