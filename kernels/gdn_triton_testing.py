@@ -232,7 +232,8 @@ def default_resource_cases() -> list[tuple]:
     # table rows: the attention's (normed + codes) and the FFN's (residual add + codes).
     from kernels import norm_modulate_triton as nm
 
-    ln_rows, ln_warps = nm.CONFIG
+    ln_rows, ln_warps, *ln_persistent = nm.CONFIG
+    ln_programs, ln_stages = ln_persistent or (0, 1)
     ln_types = {name: "*bf16" for name in ("p_x", "p_res", "p_shift", "p_scale", "p_shift_bias", "p_scale_bias",
                                             "p_sum", "p_normed")}
     ln_types.update({"p_codes": "*fp8e4nv", "p_out_scale": "*fp32"})
@@ -240,7 +241,8 @@ def default_resource_cases() -> list[tuple]:
         cases.append((f"ln_modulate residual={residual}", nm._ln_modulate_kernel,
                       {"HAS_RES": residual, "HAS_SHIFT_BIAS": True, "HAS_SCALE_BIAS": True,
                        "WRITE_NORMED": not residual, "WRITE_CODES": True, "ROWS": ln_rows, "BLOCK_C": 2048,
-                       "SPLIT": True, "BLOCK_C2": 256}, ln_types, ln_warps, 1))
+                       "SPLIT": True, "BLOCK_C2": 256, "PERSISTENT": bool(ln_programs), "STAGES": ln_stages},
+                      ln_types, ln_warps, ln_stages))
     # The softmax blocks' INT8-score / E4M3-value attention (not yet on the model's path) at D = 112.
     from kernels import attention_int8_triton as at
 
