@@ -15,10 +15,7 @@ timeout 120 python3 -m pytest tests/gpu/test_attention_int8_gpu.py -q -p no:cach
 echo "== attention kernels"
 timeout 200 python3 -m bench.kernels --quick --only attention_int8,attention_int8_sweep,sdpa_pair \
   --json $OUT/kernels_attention.json 2>&1 | grep -E "^(attention|sdpa)" | tail -30
-BEST=$(python3 -c "
-import json; rows=json.load(open('$OUT/kernels_attention.json'))['rows']
-r=min((r for r in rows if r['op']=='attention_int8_sweep' and r['ok']), key=lambda r: r['ms'])
-print(r['shape'].replace('-', ',').replace('True', '1').replace('False', '0'))")
+BEST=$(python3 -m bench.fastest_launch $OUT/kernels_attention.json attention_int8_sweep)
 KIND=$([ "${BEST##*,}" = 1 ] && echo int8 || echo int8_bf16v)    # the launch's last field: E4M3 values
 echo "fastest launch (SANA_WM_ATTN_INT8_CONFIG): $BEST, SANA_WM_ATTENTION=$KIND"
 echo "== generator alone, fp8 static + compile, SANA_WM_ATTENTION=$KIND"

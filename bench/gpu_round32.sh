@@ -13,10 +13,7 @@ timeout 200 python3 -m pytest tests/gpu/test_glu_conv_gpu.py -q -p no:cacheprovi
 echo "== depthwise sweep"
 timeout 170 python3 -m bench.kernels --quick --only depthwise_glu,depthwise_glu_sweep \
   --json $OUT/kernels_depthwise.json 2>&1 | grep -E "^depthwise" | sort -k3 -n | head -14
-BEST=$(python3 -c "
-import json; rows=json.load(open('$OUT/kernels_depthwise.json'))['rows']
-r=min((r for r in rows if r['op']=='depthwise_glu_sweep' and r['ok']), key=lambda r: r['ms'])
-k,*v=r['shape'].split('-'); print(','.join([k,*v[:3], '1' if v[3]=='True' else '0']))")
+BEST=$(python3 -m bench.fastest_launch $OUT/kernels_depthwise.json depthwise_glu_sweep)
 echo "fastest launch (SANA_WM_GLU_CONFIG): $BEST"
 echo "== generator alone, fp8 static + compile, SANA_WM_GLU_CONFIG=$BEST"
 SANA_WM_GLU_CONFIG=$BEST timeout 170 python3 -m runtime.cli bench --precision fp8 --act-scales static --chunks 8 \

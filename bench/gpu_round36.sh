@@ -10,10 +10,7 @@ FILTER="Warn\|W12\|_warn\|warnings.warn"
 echo "== depthwise_glu launches in strips, and the default (rows_gather 22 x 16 x 8)"
 timeout 150 python3 -m bench.kernels --quick --only depthwise_glu_sweep --shapes _w,rows_gather-22-16-8 \
   --json $OUT/kernels_depthwise_strips.json 2>&1 | grep -E "^depthwise|ABOVE" | tail -16
-BEST=$(python3 -c "
-import json; rows = [r for r in json.load(open('$OUT/kernels_depthwise_strips.json'))['rows'] if r['ok']]
-best = min(rows, key=lambda r: r['ms'])['shape'].split('-')
-print(','.join(best[:4] + ['1' if best[4] == 'True' else '0']))")
+BEST=$(python3 -m bench.fastest_launch $OUT/kernels_depthwise_strips.json depthwise_glu_sweep)
 echo "== fastest: $BEST"
 for glu in "$BEST" ""; do
   echo "== generator alone, fp8 static official+tconv + compile, SANA_WM_GLU_CONFIG=${glu:-default}"

@@ -12,10 +12,7 @@ timeout 200 python3 -m pytest tests/gpu/test_norm_modulate_gpu.py -q -p no:cache
 echo "== depthwise_glu: strips of columns, three loads per row"
 timeout 120 python3 -m bench.kernels --quick --only depthwise_glu_sweep --shapes rows_w \
   --json $OUT/kernels_depthwise_rows_w.json 2>&1 | grep -E "^depthwise|ABOVE" | tail -16
-BEST=$(python3 -c "
-import json; rows = [r for r in json.load(open('$OUT/kernels_depthwise_rows_w.json'))['rows'] if r['ok']]
-best = min(rows, key=lambda r: r['ms'])['shape'].split('-')
-print(','.join(best[:4] + ['1' if best[4] == 'True' else '0']))")
+BEST=$(python3 -m bench.fastest_launch $OUT/kernels_depthwise_rows_w.json depthwise_glu_sweep)
 echo "== fastest: $BEST"
 echo "== generator alone, fp8 static official+tconv + compile, SANA_WM_GLU_CONFIG=$BEST"
 SANA_WM_GLU_CONFIG=$BEST timeout 170 python3 -m runtime.cli bench --precision fp8 --act-scales static \

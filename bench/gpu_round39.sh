@@ -8,13 +8,7 @@ FILTER="Warn\|W12\|_warn\|warnings.warn"
 echo "== ln_modulate launches (graphed, two channel tiles) against the compiled expression"
 timeout 100 python3 -m bench.kernels --quick --only ln_modulate,ln_modulate_sweep --json $OUT/kernels_ln_modulate.json \
   2>&1 | grep -E "^ln_modulate|ABOVE" | tail -20
-BEST=$(python3 -c "
-import json; rows = [r for r in json.load(open('$OUT/kernels_ln_modulate.json'))['rows'] if r['op'] == 'ln_modulate_sweep' and r['ok']]
-per = {}
-for r in rows:   # the launch that is fastest over both calls (attention input + FFN input)
-    per.setdefault(r['shape'].split('-', 1)[1], 0.0)
-    per[r['shape'].split('-', 1)[1]] += r['ms']
-print(min(per, key=per.get).replace('-', ','))")
+BEST=$(python3 -m bench.fastest_launch $OUT/kernels_ln_modulate.json ln_modulate_sweep --both-calls)
 echo "== generator alone, fp8 static official+tconv + compile, SANA_WM_LN_CONFIG=$BEST"
 SANA_WM_LN_CONFIG=$BEST timeout 170 python3 -m runtime.cli bench --precision fp8 --act-scales static \
   --scope official+tconv --chunks 8 --warmup 3 --compile --no-decode \

@@ -13,13 +13,7 @@ timeout 120 python3 -m pytest tests/gpu/test_norm_modulate_gpu.py -q -p no:cache
 echo "== ln_modulate launches (graphed) against the compiled expression"
 timeout 150 python3 -m bench.kernels --quick --only ln_modulate,ln_modulate_sweep --json $OUT/kernels_ln_modulate.json \
   2>&1 | grep -E "^ln_modulate|ABOVE" | tail -30
-BEST=$(python3 -c "
-import json; rows = [r for r in json.load(open('$OUT/kernels_ln_modulate.json'))['rows'] if r['op'] == 'ln_modulate_sweep' and r['ok']]
-per = {}
-for r in rows:   # the launch that is fastest over both calls (attention input + FFN input)
-    per.setdefault(r['shape'].split('-', 1)[1], 0.0)
-    per[r['shape'].split('-', 1)[1]] += r['ms']
-print(min(per, key=per.get).replace('-', ','))")
+BEST=$(python3 -m bench.fastest_launch $OUT/kernels_ln_modulate.json ln_modulate_sweep --both-calls)
 echo "== fastest over both calls: $BEST"
 if [ "$BEST" != "1,4" ]; then
   SANA_WM_LN_CONFIG=$BEST timeout 170 python3 -m runtime.cli bench --precision fp8 --act-scales static \
