@@ -50,8 +50,8 @@ columns (no idle lanes at W = 40), three shifted loads per row (L1 hits) with Si
 against 0.1116 for rows_gather 22 x 16 x 8 in the same session (every gather launch in strips was slower: the
 halo columns' extra loads and SiLUs); FP8 static generator 135.2 -> 133.2 ms per chunk. Round 27 at the full
 model's chunk shape: rows_gather 22 rows x 16 channels x 8 warps with SiLU inside, 0.112 ms, against 0.139 ms for
-the former default (tiles 32 x 64 x 4 and a separate SiLU pass; round 24 had taken the generator from 154.8 to 144.5 ms per
-chunk with it); FP8 static generator 144.8 -> 140.5 ms per chunk (round 27b, official+tconv scope).
+the former default (tiles 32 x 64 x 4 and a separate SiLU pass; round 24 had taken the generator from 154.8 to
+144.5 ms per chunk with it); FP8 static generator 144.8 -> 140.5 ms per chunk (round 27b, official+tconv scope).
 `bench.kernels --only depthwise_glu_sweep` times every choice. Tried and removed (session 14, round 32): loading 2 or
 3 input rows ahead by hand (more bytes in flight per SM), 0.114 ms at 22 x 16 x 8: the kernel is not limited by its
 loads' latency."""

@@ -21,9 +21,9 @@ from kernels.norm_modulate import _check
 __all__ = ["CONFIG", "ln_modulate_triton"]
 
 CONFIG = (1, 4)
-"""(rows per program, warps[, programs per SM, pipeline stages]: the persistent launch, untimed). Round 37 (H200): 2 x 8 took 21.2 us per call in the model once the table rows were
-added in the kernel (14.7 us without): 100 registers per thread instead of 64 (sm_90 compile), half the programs
-per SM. Round 38 (graphed sweep, bench.kernels --only ln_modulate_sweep): one row per program, 4 warps, fastest
+"""(rows per program, warps[, programs per SM, pipeline stages]: the persistent launch, untimed). Round 37 (H200):
+2 x 8 took 21.2 us per call in the model once the table rows were added in the kernel (14.7 us without): 100
+registers per thread instead of 64 (sm_90 compile), half the programs per SM. Round 38 (graphed sweep, bench.kernels --only ln_modulate_sweep): one row per program, 4 warps, fastest
 over both calls (22.7 / 25.6 us with L2 flushed); FP8 static generator 132.2 -> 131.7 ms per chunk."""
 if os.environ.get("SANA_WM_LN_CONFIG"):   # e.g. "4,8": a launch choice to time without editing CONFIG
     CONFIG = tuple(int(v) for v in os.environ["SANA_WM_LN_CONFIG"].split(","))
