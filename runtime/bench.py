@@ -152,7 +152,7 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
     # End to end = wall time between successive iterations in steady state, each iteration generating chunk k
     # and collecting chunk k-1's frames (decoded meanwhile on the side stream): the rate at which frames reach
     # host memory. Without overlap, step() has already decoded, so this is generate + decode per chunk.
-    gen_ms, total_ms = [], []
+    gen_ms, total_ms, host_ms, graph_ms = [], [], [], []
     prev, t_prev = first, time.perf_counter()
     for i in range(total_chunks - 1):
         r = step(s)
@@ -160,6 +160,9 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
         now = time.perf_counter()
         if i >= warmup - 1:
             gen_ms.append(r.timings["generate_ms"])
+            if "graph_gpu_ms" in r.timings:
+                host_ms.append(r.timings["host_ms"])
+                graph_ms.append(r.timings["graph_gpu_ms"])
             total_ms.append(1e3 * (now - t_prev))
         prev, t_prev = r, now
     prev.wait()
@@ -180,6 +183,9 @@ def run_bench(model: str = "sana-wm-streaming", *, precision: str = "bf16", chun
         "first_chunk_ms": round(first.timings["total_ms"], 2),
         "generator_ms_per_chunk_p50": round(p50_gen, 2),
         "generator_ms_per_chunk_p95": round(float(np.percentile(gen_ms, 95)), 2),
+        # where the generator's time goes (graph-replayed steps): host work in front of the replay, the graph's GPU time
+        "generator_host_ms_p50": round(statistics.median(host_ms), 2) if host_ms else None,
+        "generator_graph_gpu_ms_p50": round(statistics.median(graph_ms), 2) if graph_ms else None,
         "with_decoder_ms_per_chunk_p50": round(p50_total, 2) if decode else None,
         "with_decoder_ms_per_chunk_p95": round(float(np.percentile(total_ms, 95)), 2) if decode else None,
         "generator_fps": round(frames_per_chunk / (p50_gen / 1e3), 1),
@@ -239,7 +245,9 @@ def profile_chunks(new_session, step, path: str, chunks: int = 2) -> None:
                                                                 max_name_column_width=40, max_shapes_column_width=90)
     Path(path).write_text(f"torch.profiler over {chunks} chunks (times are totals over them)\n{table}\n\n"
                           f"By input shapes (self CUDA time)\n{shapes}\n\n"
-                          f"Every GPU kernel, per chunk\n{kernel_table(prof.events(), chunks)}\n")
+                          f"Every GPU kernel, per chunk\n{kernel_table(prof.events(), chunks)}\n\n"
+                          f"Memsets by the ops that launch them, per chunk\n"
+                          f"{launch_sources(prof.events(), chunks, 'Memset')}\n")
 
 
 def kernel_table(events, chunks: int) -> str:
@@ -261,6 +269,28 @@ def kernel_table(events, chunks: int) -> str:
     for name, (us, n) in sorted(totals.items(), key=lambda kv: -kv[1][0]):
         lines.append(f"{us / chunks / 1e3:9.3f} {n / chunks:8.1f} {us / n:8.1f}  {name}")
     return "\n".join(lines)
+
+
+def launch_sources(events, chunks: int, kernel_prefix: str) -> str:
+    """Which ops launch the GPU work whose name starts with `kernel_prefix` (e.g. the memsets, a graph node each
+    in the replayed step): launches per chunk by the launching op and its two enclosing ops."""
+    from torch.autograd import DeviceType
+
+    counts: dict[str, int] = {}
+    for e in events:
+        if e.device_type != DeviceType.CPU:
+            continue
+        n = sum(1 for k in e.kernels if k.name.startswith(kernel_prefix))
+        if n:
+            chain, parent = [e.name], e.cpu_parent
+            while parent is not None and len(chain) < 3:
+                chain.append(parent.name)
+                parent = parent.cpu_parent
+            key = " < ".join(chain)
+            counts[key] = counts.get(key, 0) + n
+    if not counts:
+        return f"(no {kernel_prefix} launches linked to an op in this profile)"
+    return "\n".join(f"{n / chunks:8.1f}  {key}" for key, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _bench_autoencoder(cfg, dev, dtype):
@@ -290,6 +320,9 @@ def format_table(r: dict) -> str:
             ("time to first frame", f"{r['time_to_first_frame_s']:.3f} s"),
             ("generator ms/chunk p50 / p95", f"{r['generator_ms_per_chunk_p50']} / {r['generator_ms_per_chunk_p95']}"),
             ("generator fps, x real time", f"{r['generator_fps']}, {r['generator_x_realtime']}x")]
+    if r.get("generator_graph_gpu_ms_p50") is not None:
+        split = f"{r['generator_host_ms_p50']} / {r['generator_graph_gpu_ms_p50']} ms p50"
+        rows.append(("  host before replay / graph GPU", split))
     if r.get("with_decoder_ms_per_chunk_p50") is not None:
         rows.append(("with decoder ms/chunk p50 / p95",
                      f"{r['with_decoder_ms_per_chunk_p50']} / {r['with_decoder_ms_per_chunk_p95']}"))

@@ -33,6 +33,15 @@ class PendingFrames(Protocol):
     def ready(self) -> bool: ...
 
 
+def _replay_timings(replay: tuple | None, t0: float) -> dict:
+    """host_ms (step start -> graph replay: host work the GPU waits for) and graph_gpu_ms (the replay's GPU time)
+    of a graph-replayed step, read once its stream is done; {} for a step without the graph."""
+    if replay is None:
+        return {}
+    t_replay, start, end = replay
+    return {"host_ms": 1e3 * (t_replay - t0), "graph_gpu_ms": start.elapsed_time(end)}
+
+
 class ChunkResult:
     """One generated chunk.
 
@@ -45,7 +54,8 @@ class ChunkResult:
             covers queueing the decode, which normally hides behind the generation); decode_ms (the decode's
             GPU time on the side stream, sharing the GPU with the next generation) and total_ms (generate_ms
             plus latents ready -> frames in host memory) are added when the frames are resolved (`frames` or
-            `wait()`).
+            `wait()`). A step replayed from the CUDA graph adds host_ms (host work before the replay, which the
+            GPU waits for) and graph_gpu_ms (the replay's GPU time).
     """
 
     def __init__(self, chunk_index: int, raw_frames: range, frames: np.ndarray | PendingFrames | None,
@@ -292,8 +302,9 @@ class WorldSession:
         camera, plucker = self._camera_inputs(latents)
         noise = self._noise(len(latents))
         clean_first = self.first_latent[:, :, 0] if self.chunk_index == 0 else None
+        replay = None   # (host seconds before the replay, start / end events around it) when the graph runs
         if self.cuda_graphs and self.cache.steady and noise.shape[2] == self.cfg.chunk_size:
-            x0 = self._graph_step(noise, camera, plucker)
+            x0, replay = self._graph_step(noise, camera, plucker)
         else:
             x0 = denoise_chunk(self.model, noise, self.text, camera, plucker, self.cache, self.timesteps,
                                clean_first=clean_first)
@@ -305,6 +316,7 @@ class WorldSession:
             pending = self._side.launch(self.decoder, x0, timings)
             _sync_current_stream(self.device)
             timings["generate_ms"] = 1e3 * (time.perf_counter() - t0)
+            timings.update(_replay_timings(replay, t0))
             result = ChunkResult(self.chunk_index, raw, pending, x0, timings)
             self.chunk_index += 1
             return result
@@ -316,12 +328,15 @@ class WorldSession:
         t2 = time.perf_counter()
         result = ChunkResult(self.chunk_index, raw, frames, x0,
                              {"generate_ms": 1e3 * (t1 - t0), "decode_ms": 1e3 * (t2 - t1),
-                              "total_ms": 1e3 * (t2 - t0)})
+                              "total_ms": 1e3 * (t2 - t0), **_replay_timings(replay, t0)})
         self.chunk_index += 1
         return result
 
-    def _graph_step(self, noise: Tensor, camera: Tensor, plucker: Tensor) -> Tensor:
-        """The steady-state chunk step through one captured CUDA graph (captured on first use)."""
+    def _graph_step(self, noise: Tensor, camera: Tensor, plucker: Tensor) -> tuple[Tensor, tuple]:
+        """The steady-state chunk step through one captured CUDA graph (captured on first use).
+
+        Returns the clean latents and (host clock at the replay, CUDA events recorded around it): the step's
+        time splits into host work in front of the replay and the graph's own GPU time."""
         T = noise.shape[2]
         if self._graph is None:
             self._static = {"noise": noise.clone(), "camera": camera.clone(), "plucker": plucker.clone(),
@@ -350,9 +365,13 @@ class WorldSession:
         st["camera"].copy_(camera)
         st["plucker"].copy_(plucker)
         st["positions"].copy_(torch.arange(self.cache.frames_done, self.cache.frames_done + T))
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t_replay = time.perf_counter()
+        start.record()
         self._graph.replay()
+        end.record()
         self.cache.commit_chunk(T)
-        return self._graph_out.clone()
+        return self._graph_out.clone(), (t_replay, start, end)
 
     # ------------------------------------------------------------------------------------------------
     def _decoder_call(self, fn, *args):

@@ -43,6 +43,29 @@ def test_graph_step_equals_eager_and_captures_once(config, dtype, tol):
         assert rel_err(a, b) < tol
 
 
+def test_replayed_steps_split_their_time_into_host_work_and_graph_gpu_time():
+    """The graph-replayed steps say how much of generate_ms was host work in front of the replay and how much the
+    graph's GPU time; steps run eagerly (the first chunks) carry neither."""
+    model = build_model("tiny-world", device="cuda", dtype=torch.float32, init="random", seed=1)
+    cfg = model.cfg
+    first = torch.randn(1, cfg.in_channels, 1, cfg.latent_height, cfg.latent_width, device="cuda")
+    text = model.prepare_text(torch.randn(1, cfg.text_max_length, cfg.caption_channels, device="cuda"),
+                              torch.ones(1, cfg.text_max_length, device="cuda"))
+    s = WorldSession(model, text, first_latent=first, intrinsics_latent=latent_intrinsics(cfg), seed=3,
+                     cuda_graphs=True)
+    replayed = 0
+    for _ in range(8):
+        raw = s.next_raw_frames()
+        t = s.step(POSES[raw.start:raw.stop]).timings
+        if "graph_gpu_ms" not in t:
+            assert "host_ms" not in t
+            continue
+        replayed += 1
+        assert 0 < t["graph_gpu_ms"] <= t["generate_ms"]
+        assert 0 <= t["host_ms"] < t["generate_ms"]
+    assert replayed >= 2
+
+
 def test_full_config_fast_path_equals_the_reference_kernels(monkeypatch):
     """The full 2.6B config in bf16 over 3 chunks: the Triton kernels (bf16 prep outputs, bf16 phase-A Gram
     products) against the PyTorch reference kernels (fp32 scans) on the same weights, to bf16 tolerance."""

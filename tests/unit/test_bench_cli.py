@@ -70,3 +70,25 @@ def test_kernel_table_sums_kernels_per_chunk_and_skips_graph_annotations():
     assert lines[2].split() == ["0.400", "1.0", "400.0", "gemm"]
     assert lines[3].split() == ["0.050", "1.0", "50.0", "norm"]
     assert len(lines) == 4
+
+
+def test_launch_sources_counts_memsets_by_the_ops_that_launch_them():
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    from runtime.bench import launch_sources
+
+    def op(name, kernels=(), parent=None):
+        return SimpleNamespace(name=name, device_type=DeviceType.CPU, cpu_parent=parent,
+                               kernels=[SimpleNamespace(name=k) for k in kernels])
+
+    block = op("block")
+    attn = op("aten::sdpa", parent=block)
+    zeros = op("aten::zero_", ["Memset (Device)"], parent=op("aten::zeros", parent=attn))
+    events = [block, attn, zeros, zeros, op("aten::mm", ["gemm", "Memset (Device)"], parent=block),
+              SimpleNamespace(name="Memset (Device)", device_type=DeviceType.CUDA, kernels=[]), op("aten::add", ["add"])]
+    lines = launch_sources(events, chunks=2, kernel_prefix="Memset").splitlines()
+    assert [line.split(None, 1) for line in lines] == [["1.0", "aten::zero_ < aten::zeros < aten::sdpa"],
+                                                       ["0.5", "aten::mm < block"]]
+    assert "no Memset" in launch_sources([block], chunks=1, kernel_prefix="Memset")
