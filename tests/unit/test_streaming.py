@@ -372,3 +372,33 @@ def test_frame_tables_are_built_once_per_chunk(tiny, monkeypatch):
     per_pass = _walk(_session(tiny), POSES, 4)
     assert len(calls) == 4 + 4 * (1 + 5)                   # the sampler's, then each of the 5 passes' own
     assert all(torch.equal(a, b) for a, b in zip(once, per_pass))
+
+
+@pytest.mark.parametrize("per_frame_intrinsics", [False, True])
+def test_the_graph_steps_camera_inputs_from_the_pose_window_equal_those_from_every_pose(tiny, per_frame_intrinsics):
+    """The captured step builds its camera inputs from the chunk's pose window (the raw frame before its first
+    latent frame on): the same UCPE conditions and Plucker maps as the eager step builds from every pose so far."""
+    session = _session(tiny)
+    chunks = 4
+    if per_frame_intrinsics:   # per raw frame intrinsics (here drifting), the window takes its own rows
+        session.intrinsics = session.intrinsics * (1 + 0.01 * np.arange(500)[:, None])
+    for _ in range(chunks):
+        latents = session._latent_range()
+        raw = session.next_raw_frames()
+        session.poses.extend(POSES[raw.start:raw.stop])   # what step() records, without generating
+        session.chunk_index += 1
+        if latents[0] == 0:
+            with pytest.raises(ValueError, match="no pose window"):
+                session._pose_window(latents)
+            continue
+        if per_frame_intrinsics:   # the eager path reads the rows of the poses so far
+            full = session.intrinsics
+            session.intrinsics = full[:len(session.poses)]
+        window = session._pose_window(latents)
+        assert window.shape == (session.stride * len(latents) + 1, 20)
+        cam, plk = session._window_camera(torch.from_numpy(window), torch.arange(1, len(latents) + 1))
+        want_cam, want_plk = session._camera_inputs(latents)
+        if per_frame_intrinsics:
+            session.intrinsics = full
+        assert torch.equal(cam, want_cam)
+        assert plk.shape == want_plk.shape and rel_err(plk, want_plk) < 1e-6
