@@ -271,7 +271,7 @@ class WorldSession:
         hw = (self.cfg.latent_height, self.cfg.latent_width)
         if self.device.type == "cuda":
             # The ray maps on the GPU (float32 math, tested against the numpy float64 reference): the numpy
-            # version costs milliseconds of host time in front of every chunk's graph replay.
+            # version costs milliseconds of host time per chunk (graph-replayed chunks build them in the graph).
             plk = chunk_plucker_torch(torch.from_numpy(c2w).to(self.device), torch.from_numpy(
                 np.asarray(self.intrinsics, dtype=np.float64)).to(self.device), list(latents), hw, self.stride)
             return cam, plk[None].to(self.dtype)
