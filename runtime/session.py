@@ -324,7 +324,8 @@ class WorldSession:
         t0 = time.perf_counter()
         clean_first = self.first_latent[:, :, 0] if self.chunk_index == 0 else None
         replay = None   # (host clock at the replay, start / end events around it) when the graph runs
-        if self.cuda_graphs and self.cache.steady and len(latents) == self.cfg.chunk_size:
+        # (never the first chunk: it keeps the image's frame clean, and its window would start before frame 0)
+        if self.cuda_graphs and self.cache.steady and latents[0] >= 1 and len(latents) == self.cfg.chunk_size:
             # The camera inputs are built inside the graph from the chunk's pose window: their ~30 small
             # kernels and the host work around them no longer sit in front of every replay (round 42: 2.4 ms).
             x0, replay = self._graph_step(self._noise(len(latents)), self._pose_window(latents))
