@@ -114,15 +114,19 @@ def test_inductor_writes_the_softmax_cache_in_place(fresh_dynamo):
     assert not any(re.search(full, src) for src in code), "a compiled block allocates a whole K/V cache buffer"
 
 
-def test_inductor_options_from_the_environment_string(monkeypatch):
+def test_inductor_options_from_the_environment_string():
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "combo_kernels", False)
-    monkeypatch.setattr(inductor_config, "max_fusion_size", 64)
-    apply_inductor_options_(" combo_kernels=1, max_fusion_size=128,")
-    assert inductor_config.combo_kernels is True and inductor_config.max_fusion_size == 128
-    apply_inductor_options_("")
-    assert inductor_config.max_fusion_size == 128
-    for bad in ("no_such_option=1", "combo_kernels"):
-        with pytest.raises(ValueError, match="SANA_WM_INDUCTOR"):
-            apply_inductor_options_(bad)
+    # inductor's own patch restores both options on exit. (pytest >= 9.2's monkeypatch deletes an attribute it did
+    # not find in the module's __dict__ on undo, and a deleted inductor option stays hidden: every later inductor
+    # build in the process then failed with "combo_kernels does not exist".)
+    before = (inductor_config.combo_kernels, inductor_config.max_fusion_size)
+    with inductor_config.patch(combo_kernels=False, max_fusion_size=64):
+        apply_inductor_options_(" combo_kernels=1, max_fusion_size=128,")
+        assert inductor_config.combo_kernels is True and inductor_config.max_fusion_size == 128
+        apply_inductor_options_("")
+        assert inductor_config.max_fusion_size == 128
+        for bad in ("no_such_option=1", "combo_kernels"):
+            with pytest.raises(ValueError, match="SANA_WM_INDUCTOR"):
+                apply_inductor_options_(bad)
+    assert (inductor_config.combo_kernels, inductor_config.max_fusion_size) == before
