@@ -152,10 +152,12 @@ def cmd_bench(args) -> int:
                          "for a CPU figure)")
     if args.act_scales == "static" and args.precision != "fp8":
         raise UsageError("--act-scales static is an fp8 option (nvfp4 is weight-only here, bf16 has no scales)")
+    # FP8 measures what the product runs (runtime.pipeline.FastPath calibrates static scales) unless told otherwise
+    act_scales = args.act_scales or ("static" if args.precision == "fp8" else "dynamic")
     result = run_bench(args.model, precision=args.precision, chunks=args.chunks, warmup=args.warmup,
                        decode=args.decode, device=args.device, cuda_graphs=args.graphs,
                        compile=args.compile, profile=args.profile, scope=args.scope,
-                       act_scales=args.act_scales, calib_chunks=args.calib_chunks)
+                       act_scales=act_scales, calib_chunks=args.calib_chunks)
     print(format_table(result))
     if args.json:
         write_json(result, args.json)
@@ -420,9 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--precision", default="bf16", choices=["bf16", "fp8", "nvfp4"])
     b.add_argument("--scope", default="official", choices=["official", "official+tconv", "compact"],
                    help="which layers fp8 / nvfp4 quantize (as `sana-wm quantize --scope`)")
-    b.add_argument("--act-scales", default="dynamic", choices=["dynamic", "static"],
-                   help="fp8 activations: dynamic per-token scales, or static per-tensor ones from max calibration "
-                        "on --calib-chunks eager chunks first (ModelOpt's recipe; docs/quantization.md)")
+    b.add_argument("--act-scales", default=None, choices=["dynamic", "static"],
+                   help="fp8 activations: static per-tensor scales from max calibration on --calib-chunks eager "
+                        "chunks first (the default, as render / explore / serve run FP8; ModelOpt's recipe; "
+                        "docs/quantization.md), or dynamic per-token ones")
     b.add_argument("--calib-chunks", type=int, default=2, help="chunks of the --act-scales static calibration")
     b.add_argument("--chunks", type=int, default=10, help="timed chunks")
     b.add_argument("--warmup", type=int, default=3, help="untimed chunks (the CUDA graph is captured in chunk 2)")

@@ -11,7 +11,7 @@ from runtime.cli import main
 def test_bench_cpu_tiny_world_records_precision_and_scope(tmp_path, capsys):
     out = tmp_path / "bench.json"
     code = main(["bench", "--device", "cpu", "--model", "tiny-world", "--precision", "fp8", "--scope", "compact",
-                 "--chunks", "2", "--warmup", "1", "--no-decode", "--json", str(out)])
+                 "--act-scales", "dynamic", "--chunks", "2", "--warmup", "1", "--no-decode", "--json", str(out)])
     assert code == 0
     table = capsys.readouterr().out
     assert "tiny-world / fp8 (compact scope)" in table
@@ -35,6 +35,15 @@ def test_bench_static_fp8_activation_scales(tmp_path, capsys):
     assert r["quant_scope"] == "official+tconv"
     assert main(["bench", "--device", "cpu", "--model", "tiny-world", "--act-scales", "static"]) == 2
     assert "fp8 option" in capsys.readouterr().err
+
+
+def test_bench_fp8_defaults_to_the_static_scales_the_product_runs(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--device", "cpu", "--model", "tiny-world", "--precision", "fp8", "--calib-chunks", "1",
+                 "--chunks", "1", "--warmup", "1", "--no-decode", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["fp8_activation_scales"] == "static per tensor (max calibration, 1 chunks)"
+    assert r["quant_scope"] == "official"
 
 
 def test_bench_bf16_has_no_scope(tmp_path):
