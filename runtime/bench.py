@@ -64,10 +64,13 @@ def chunk_flops(cfg, frames: int, cached_frames: int, passes: int) -> float:
     return float(flops * passes)
 
 
-def git_commit() -> str:
+def git_commit(repo: str | Path | None = None) -> str:
+    """The checkout's short commit, with "-dirty" when tracked files differ from it (a record must not name a
+    commit whose code it did not run: e.g. a copied working tree whose .git is older); "unknown" outside git."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False,
-                              cwd=Path(__file__).resolve().parents[1], timeout=10).stdout.strip() or "unknown"
+        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], capture_output=True,
+                              text=True, check=False, timeout=10,
+                              cwd=repo or Path(__file__).resolve().parents[1]).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -101,3 +101,25 @@ def test_launch_sources_counts_memsets_by_the_ops_that_launch_them():
     assert [line.split(None, 1) for line in lines] == [["1.0", "aten::zero_ < aten::zeros < aten::sdpa"],
                                                        ["0.5", "aten::mm < block"]]
     assert "no Memset" in launch_sources([block], chunks=1, kernel_prefix="Memset")
+
+
+def test_records_name_the_commit_and_say_when_the_code_differs_from_it(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))   # no enclosing checkout is looked up
+
+    from runtime.bench import git_commit
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    assert git_commit(tmp_path) == "unknown"          # not a git checkout
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("x = 1\n")
+    git("add", "a.py")
+    git("commit", "-qm", "one")
+    head = git("rev-parse", "--short=7", "HEAD")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == f"{head}-dirty"
