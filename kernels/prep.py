@@ -262,7 +262,7 @@ def _ucpe_qkv_prep_op(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weigh
     from kernels.prep_triton import ucpe_qkv_prep_triton
 
     return ucpe_qkv_prep_triton(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads=num_heads,
-                                key_scale=key_scale, eps=eps, relu=relu, out_dtype=out_dtype, per_token_ratio=True)
+                                key_scale=key_scale, eps=eps, relu=relu, out_dtype=out_dtype)
 
 
 @_ucpe_qkv_prep_op.register_fake

@@ -330,10 +330,10 @@ def _ucpe_qkv_prep_kernel(
 
 def ucpe_qkv_prep_triton(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_weight: Tensor, P: Tensor,
                          cam_cos: Tensor, cam_sin: Tensor, *, num_heads: int, key_scale: float, eps: float = 1e-5,
-                         relu: bool = True, out_dtype: torch.dtype = torch.float32,
-                         per_token_ratio: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Triton version of `kernels.prep.ucpe_qkv_prep_reference` (same arguments and results; with
-    `per_token_ratio` the last result is the ratio per token [B, H, T, S], before its mean over S)."""
+                         relu: bool = True,
+                         out_dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Triton version of `kernels.prep.ucpe_qkv_prep_reference` with `per_token_ratio=True`: the last result is the
+    key-norm ratio per token [B, H, T, S], its mean over S left to the caller."""
     B, T, S, C = _check_ucpe_qkv(q, k, v, q_weight, k_weight, P, cam_cos, cam_sin, num_heads)
     H, D = num_heads, C // num_heads
     q, k, v, cam_cos, cam_sin = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v, cam_cos, cam_sin))
@@ -352,7 +352,7 @@ def ucpe_qkv_prep_triton(q: Tensor, k: Tensor, v: Tensor, q_weight: Tensor, k_we
         BLOCK_H=block_h, BLOCK_D=block_d, BLOCK_C=_rms_block(C), RELU=relu,
         num_warps=_prep_warps(block_h * block_d),
     )
-    return (*outs, ratio if per_token_ratio else ratio.mean(-1))
+    return (*outs, ratio)
 
 
 @triton.jit
